@@ -1,0 +1,46 @@
+"""The Postgres schema as SQLAlchemy Core tables.
+
+Alembic migrations (``storage/migrations``) create and evolve it; this module only describes it so
+that reads and writes are built by SQLAlchemy, never by string formatting.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    REAL,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
+
+metadata = MetaData()
+
+review_sentiment = Table(
+    "review_sentiment",
+    metadata,
+    Column("review_id", Text, primary_key=True),
+    Column("text", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("label", Text, nullable=False),
+    Column("score", REAL, nullable=False),
+    Column("p_negative", REAL, nullable=False),
+    Column("p_neutral", REAL, nullable=False),
+    Column("p_positive", REAL, nullable=False),
+    Column("model_version", Text, nullable=False),
+    Column("metadata", JSONB, nullable=False, server_default="{}"),
+    Column("kafka_topic", Text),
+    Column("kafka_partition", Integer),
+    Column("kafka_offset", BigInteger),
+    Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("label IN ('negative', 'neutral', 'positive')", name="review_sentiment_label_check"),
+)

@@ -1,0 +1,42 @@
+"""Offline labelling of a CSV with the worker's predictor (the `classify` command and the dashboard)."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+
+from stream.predictor import Predictor, resolve_model_dir
+from stream.settings import Settings
+
+
+def load_predictor(settings: Settings, model_dir: Path | None = None) -> Predictor:
+    m = settings.model
+    return Predictor(model_dir or resolve_model_dir(settings), device=m.device, max_length=m.max_length,
+                     batch_size=m.batch_size, threads=m.threads, version=m.version)
+
+
+def classify_csv(predictor: Predictor, src: Path, dst: Path, text_col: str = "text", chunk: int = 256,
+                 on_progress: Callable[[int], None] | None = None) -> int:
+    """Append label, score and the three probabilities to every row; returns the rows written."""
+    with src.open(encoding="utf-8", newline="") as fin, dst.open("w", encoding="utf-8", newline="") as fout:
+        reader = csv.DictReader(fin)
+        if reader.fieldnames is None or text_col not in reader.fieldnames:
+            raise ValueError(f"{src} has no column {text_col!r}; columns: {reader.fieldnames}")
+        extra = ["label", "score", "p_negative", "p_neutral", "p_positive"]
+        writer = csv.DictWriter(fout, fieldnames=[*reader.fieldnames, *extra])
+        writer.writeheader()
+        done = 0
+        rows: list[dict[str, str]] = []
+        for row in [*reader, None]:
+            if row is not None:
+                rows.append(row)
+            if rows and (row is None or len(rows) >= chunk):
+                for r, p in zip(rows, predictor.predict([r[text_col] or "" for r in rows]), strict=True):
+                    writer.writerow({**r, "label": p.label, "score": f"{p.score:.4f}",
+                                     **{f"p_{k}": f"{v:.4f}" for k, v in p.probs.items()}})
+                done += len(rows)
+                rows = []
+                if on_progress:
+                    on_progress(done)
+    return done

@@ -1,0 +1,267 @@
+"""The `sentiment` command. Heavy imports (torch, faust) happen inside the commands that need them."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from stream.services import ServiceUnavailable
+from stream.settings import get_settings
+
+app = typer.Typer(
+    help="Live opinion tracking: stream reviews through a sentiment model into Postgres and Redis.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+console = Console()
+
+
+@app.command()
+def init() -> None:
+    """Create or upgrade the database schema and the Kafka topics. Safe to run again.
+
+    Example: sentiment init
+    """
+    from storage.db import safe_address
+    from storage.migrate import upgrade
+    from stream.services import check_postgres, create_topics
+
+    s = get_settings()
+    check_postgres(s)
+    upgrade(s.postgres.url.get_secret_value())
+    console.print(f"schema at head on {safe_address(s.postgres.url.get_secret_value())}")
+    created = create_topics(s)
+    console.print(f"topics: {', '.join(created) + ' created' if created else 'already there'}")
+
+
+@app.command()
+def worker(loglevel: str = "info") -> None:
+    """Run a stream worker (a Faust worker; start several to share the topic's partitions).
+
+    Example: sentiment worker --loglevel info
+    """
+    from stream.app import run_worker
+
+    sys.argv = [sys.argv[0]]  # faust parses argv itself
+    run_worker(get_settings(), loglevel=loglevel)
+
+
+@app.command()
+def produce(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV or JSON Lines file")],
+    fmt: Annotated[str, typer.Option("--format", help="csv, jsonl or auto (by extension)")] = "auto",
+    text_col: str = "text",
+    id_col: Annotated[str, typer.Option(help="column with the review id; '' if none")] = "review_id",
+    source_col: str = "source",
+    time_col: str = "created_at",
+    source: Annotated[str | None, typer.Option(help="source for rows that have none")] = None,
+    rate: Annotated[float | None, typer.Option(help="events per second, at most")] = None,
+    limit: Annotated[int | None, typer.Option(help="stop after sending this many")] = None,
+    topic: Annotated[str | None, typer.Option(help="default: the configured reviews topic")] = None,
+) -> None:
+    """Send a file of reviews to Kafka, one event per row, keyed by review id.
+
+    Example: sentiment produce reviews.csv --text-col body --id-col id --source appstore --rate 200
+    """
+    from stream.producer import Columns, produce_file
+
+    cols = Columns(text_col, id_col or None, source_col or None, time_col or None)
+    summary = produce_file(file, get_settings(), cols, fmt, rate, limit, source, topic)
+    skipped = sum(summary.skipped.values())
+    console.print(f"sent {summary.sent}, skipped {skipped}")
+    for reason, n in summary.skipped.most_common():
+        console.print(f"  skipped {n}: {reason}")
+    for line in summary.first_skips:
+        console.print(f"  e.g. {line}")
+
+
+@app.command()
+def trends(
+    minutes: Annotated[int | None, typer.Option(help="show the last N minutes")] = None,
+    hours: Annotated[int | None, typer.Option(help="show the last N hours")] = None,
+    source: Annotated[str | None, typer.Option(help="only this source")] = None,
+) -> None:
+    """Print the sentiment-trend counters from Redis, one row per bucket (default: last 15 minutes).
+
+    Example: sentiment trends --hours 24 --source appstore
+    """
+    from storage.trends import HOUR, MINUTE
+    from stream.services import check_redis, trend_counters
+
+    s = get_settings()
+    check_redis(s)
+    resolution, n = (HOUR, hours) if hours else (MINUTE, minutes or 15)
+    buckets = trend_counters(s).read(resolution, n, source=source)
+    table = Table(title=f"sentiment per {'hour' if resolution == HOUR else 'minute'}"
+                  + (f" — {source}" if source else "") + " (UTC, by review time)")
+    for col in ("bucket", "negative", "neutral", "positive", "total", "negative %"):
+        table.add_column(col, justify="right")
+    fmt = "%Y-%m-%d %H:00" if resolution == HOUR else "%Y-%m-%d %H:%M"
+    for b in buckets:
+        table.add_row(b.start.strftime(fmt), *(str(b.counts[k]) for k in ("negative", "neutral", "positive")),
+                      str(b.total), f"{100 * b.share('negative'):.0f}" if b.total else "-")
+    console.print(table)
+
+
+@app.command()
+def dlq(
+    limit: Annotated[int, typer.Option(help="show the latest N")] = 20,
+    show_value: Annotated[bool, typer.Option(help="print the raw value (first 200 bytes)")] = False,
+) -> None:
+    """List dead-lettered events: the reason, the source position and (optionally) the raw value.
+
+    Example: sentiment dlq --limit 50 --show-value
+    """
+    from stream.dlq import read_dead_letters
+    from stream.services import check_kafka
+
+    s = get_settings()
+    check_kafka(s)
+    letters = read_dead_letters(s.kafka.dlq_topic, s.kafka.client_options(), limit=limit)
+    table = Table(title=f"dead letters in {s.kafka.dlq_topic} (latest {limit})")
+    for col in ("source position", "failed at (UTC)", "reason", "detail") + (("value",) if show_value else ()):
+        table.add_column(col, overflow="fold")
+    for d in letters:
+        when = datetime.fromtimestamp(d.failed_at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        value = (d.raw_value() or b"")[:200]
+        table.add_row(d.position, when, d.reason, d.detail, *((repr(value)[2:-1],) if show_value else ()))
+    console.print(table)
+
+
+@app.command()
+def sql(query: Annotated[str, typer.Argument(help="one SQL statement; runs read-only")],
+        max_rows: int = 100) -> None:
+    """Run a read-only SQL query against the labelled reviews (statement timeout applies).
+
+    Example: sentiment sql "SELECT * FROM sentiment_hourly_total ORDER BY hour DESC LIMIT 12"
+    """
+    from storage.db import get_engine
+    from storage.reviews import run_readonly_sql
+    from stream.services import check_postgres
+
+    s = get_settings()
+    check_postgres(s)
+    cols, rows = run_readonly_sql(get_engine(s.postgres.url.get_secret_value()), query,
+                                  s.postgres.statement_timeout_ms, max_rows)
+    table = Table()
+    for c in cols:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*("" if v is None else str(v) for v in r))
+    console.print(table)
+
+
+@app.command()
+def reviews(
+    limit: int = 20,
+    label: Annotated[str | None, typer.Option(help="negative, neutral or positive")] = None,
+    source: str | None = None,
+    search: Annotated[str | None, typer.Option(help="substring of the text (case-insensitive)")] = None,
+) -> None:
+    """Show the latest labelled reviews from Postgres.
+
+    Example: sentiment reviews --label negative --limit 10
+    """
+    from storage.db import get_engine
+    from storage.reviews import latest_reviews
+    from stream.services import check_postgres
+
+    s = get_settings()
+    check_postgres(s)
+    rows = latest_reviews(get_engine(s.postgres.url.get_secret_value()), limit, source, label, search)
+    table = Table(title="latest labelled reviews")
+    for col in ("review_id", "created_at", "source", "label", "score", "model", "text"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["review_id"], r["created_at"].strftime("%Y-%m-%d %H:%M"), r["source"], r["label"],
+                      f"{r['score']:.2f}", r["model_version"], r["text"][:120])
+    console.print(table)
+
+
+@app.command()
+def classify(
+    texts: Annotated[list[str] | None, typer.Argument(help="texts to label")] = None,
+    csv_in: Annotated[Path | None, typer.Option("--csv", exists=True, help="CSV to label in batches")] = None,
+    out: Annotated[Path | None, typer.Option(help="where to write the labelled CSV")] = None,
+    text_col: str = "text",
+    model_dir: Annotated[Path | None, typer.Option(help="default: the configured model")] = None,
+) -> None:
+    """Label texts or a whole CSV with the same predictor the worker uses (no Kafka needed).
+
+    Example: sentiment classify "love it" "meh"   |   sentiment classify --csv in.csv --out labelled.csv
+    """
+    from stream.batch import classify_csv, load_predictor
+
+    predictor = load_predictor(get_settings(), model_dir)
+    if csv_in is not None:
+        target = out or csv_in.with_name(csv_in.stem + ".labelled.csv")
+        n = classify_csv(predictor, csv_in, target, text_col)
+        console.print(f"labelled {n} rows -> {target}")
+        return
+    if not texts:
+        raise typer.BadParameter("give texts or --csv FILE")
+    table = Table()
+    for col in ("label", "score", "negative", "neutral", "positive", "text"):
+        table.add_column(col)
+    for text, p in zip(texts, predictor.predict(texts), strict=True):
+        table.add_row(p.label, f"{p.score:.2f}", *(f"{p.probs[k]:.2f}" for k in ("negative", "neutral", "positive")),
+                      text)
+    console.print(table)
+
+
+@app.command()
+def status() -> None:
+    """Health of Kafka, Postgres and Redis in one table; exits 1 if any is down.
+
+    Example: sentiment status
+    """
+    from stream.services import check_kafka, check_postgres, check_redis
+
+    s = get_settings()
+    table = Table(title="sentiment stack")
+    for col in ("service", "address", "state", "detail"):
+        table.add_column(col)
+    healthy = True
+    for check in (check_kafka, check_postgres, check_redis):
+        try:
+            h = check(s)
+            table.add_row(h.service, h.address, "ok" if h.ok else "degraded", h.detail)
+            healthy &= h.ok
+        except ServiceUnavailable as e:
+            table.add_row(e.service, e.address, "DOWN", str(e).splitlines()[0].split(": ", 1)[-1])
+            healthy = False
+    console.print(table)
+    raise typer.Exit(0 if healthy else 1)
+
+
+def _mount_training() -> None:
+    try:
+        from training.cli import app as training_app
+    except ImportError:  # the training package is optional at run time
+        return
+    for command in training_app.registered_commands:
+        app.registered_commands.append(command)
+
+
+_mount_training()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.ERROR)  # its retries are reported by us, once
+    try:
+        app()
+    except ServiceUnavailable as e:
+        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
+        sys.exit(2)
+    except FileNotFoundError as e:
+        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
+        sys.exit(2)

@@ -1,0 +1,117 @@
+"""Reach Kafka, Postgres and Redis, and say plainly which one is missing and what to run."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from dataclasses import dataclass
+
+import redis
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from storage.db import get_engine, safe_address
+from storage.trends import TrendCounters
+from stream.settings import Settings
+
+HINT = "start the local stack with `make up` (or check the address in your SENTIMENT_* settings / .env)"
+
+
+class ServiceUnavailable(Exception):
+    def __init__(self, service: str, address: str, error: object, hint: str = HINT) -> None:
+        self.service, self.address, self.hint = service, address, hint
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        super().__init__(f"{service} is not reachable at {address}: {first}\n  -> {hint}")
+
+
+@dataclass(frozen=True)
+class Health:
+    service: str
+    address: str
+    ok: bool
+    detail: str
+
+
+def _probe_tcp(service: str, servers: str, timeout_s: float = 3.0) -> None:
+    """Fail in seconds, not after a client's long bootstrap retries, when nothing listens."""
+    errors = []
+    for server in servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+            return
+        except (OSError, ValueError) as e:
+            errors.append(e)
+    raise ServiceUnavailable(service, servers, errors[-1] if errors else "no address")
+
+
+def kafka_admin(settings: Settings) -> KafkaAdminClient:
+    address = settings.kafka.bootstrap_servers
+    _probe_tcp("Kafka", address)
+    try:
+        return KafkaAdminClient(request_timeout_ms=10_000, **settings.kafka.client_options())
+    except KafkaError as e:
+        raise ServiceUnavailable("Kafka", address, e) from None
+
+
+def check_postgres(settings: Settings) -> Health:
+    url = settings.postgres.url.get_secret_value()
+    try:
+        with get_engine(url).connect() as conn:
+            version = conn.execute(text("SHOW server_version")).scalar_one()
+        return Health("Postgres", safe_address(url), True, f"server {version}")
+    except SQLAlchemyError as e:
+        raise ServiceUnavailable("Postgres", safe_address(url), getattr(e, "orig", None) or e) from None
+
+
+def redis_address(url: str) -> str:
+    return url.split("@")[-1].removeprefix("redis://").removeprefix("rediss://")
+
+
+def check_redis(settings: Settings) -> Health:
+    url = settings.redis.url.get_secret_value()
+    try:
+        info = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).info("server")
+        return Health("Redis", redis_address(url), True, f"server {info.get('redis_version')}")
+    except redis.RedisError as e:
+        raise ServiceUnavailable("Redis", redis_address(url), e) from None
+
+
+def check_kafka(settings: Settings) -> Health:
+    admin = kafka_admin(settings)
+    try:
+        topics = admin.list_topics()
+    except KafkaError as e:
+        raise ServiceUnavailable("Kafka", settings.kafka.bootstrap_servers, e) from None
+    finally:
+        admin.close()
+    missing = {settings.kafka.reviews_topic, settings.kafka.dlq_topic} - set(topics)
+    detail = f"topics missing: {', '.join(sorted(missing))} (run `sentiment init`)" if missing else "topics ok"
+    return Health("Kafka", settings.kafka.bootstrap_servers, not missing, detail)
+
+
+def trend_counters(settings: Settings) -> TrendCounters:
+    r = settings.redis
+    return TrendCounters.from_url(r.url.get_secret_value(), prefix=r.key_prefix, minute_ttl_s=r.minute_ttl_s,
+                                  hour_ttl_s=r.hour_ttl_s)
+
+
+def create_topics(settings: Settings, partitions: int | None = None) -> list[str]:
+    """Create the reviews and dead-letter topics if missing; returns those created."""
+    k = settings.kafka
+    wanted = {k.reviews_topic: partitions or k.partitions, k.dlq_topic: 1}
+    admin = kafka_admin(settings)
+    try:
+        existing = set(admin.list_topics())
+        new = [NewTopic(name, n, 1) for name, n in wanted.items() if name not in existing]
+        if new:
+            with contextlib.suppress(TopicAlreadyExistsError):  # created concurrently by another `init`
+                admin.create_topics(new, timeout_ms=30_000, wait_for_metadata=True)
+        return [t.name for t in new]
+    except KafkaError as e:
+        raise ServiceUnavailable("Kafka", k.bootstrap_servers, e) from None
+    finally:
+        admin.close()

@@ -1,0 +1,103 @@
+"""One settings model for every command and service.
+
+Read from the environment (prefix ``SENTIMENT_``, nested fields joined by ``__``, e.g.
+``SENTIMENT_POSTGRES__URL``) or a ``.env`` file in the working directory. The defaults match what
+``make up`` starts on loopback, so nothing needs configuring for local use.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    reviews_topic: str = "reviews"
+    dlq_topic: str = "reviews.dlq"
+    partitions: int = Field(3, ge=1, description="partitions of the reviews topic when we create it")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+
+    def client_options(self) -> dict[str, object]:
+        """Connection options shared by kafka-python's producer, consumer and admin clients."""
+        opts: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            opts["sasl_mechanism"] = self.sasl_mechanism
+            opts["sasl_plain_username"] = self.sasl_username
+            opts["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+        if self.ssl_cafile:
+            opts["ssl_cafile"] = str(self.ssl_cafile)
+        return opts
+
+
+class PostgresSettings(BaseModel):
+    url: SecretStr = SecretStr("postgresql+psycopg://sentiment:sentiment@127.0.0.1:5432/sentiment")
+    statement_timeout_ms: int = Field(30_000, ge=0, description="for read-only user queries")
+
+
+class RedisSettings(BaseModel):
+    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    key_prefix: str = "sentiment"
+    minute_ttl_s: int = Field(48 * 3600, ge=60, description="how long per-minute buckets live")
+    hour_ttl_s: int = Field(35 * 24 * 3600, ge=3600, description="how long per-hour buckets live")
+
+
+class ModelSettings(BaseModel):
+    dir: Path | None = Field(None, description="Hugging Face model directory; default: the registered one")
+    version: str | None = Field(None, description="label stored with each row; default: from the model dir")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_length: int = Field(128, ge=8, le=512, description="tokens fed to the model; longer texts are cut")
+    batch_size: int = Field(32, ge=1, description="texts per forward pass")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
+
+
+class WorkerSettings(BaseModel):
+    app_id: str = Field("sentiment-worker", description="faust app id = Kafka consumer group")
+    batch_max: int = Field(64, ge=1, description="events per micro-batch, at most")
+    batch_within_s: float = Field(0.5, gt=0, description="seconds to wait for a batch to fill")
+    max_text_chars: int = Field(20_000, ge=1, description="longer texts are dead-lettered")
+    max_metadata_bytes: int = Field(16_384, ge=0, description="larger metadata is dead-lettered")
+    retry_max_backoff_s: float = Field(30.0, gt=0)
+    web_port: int = Field(0, ge=0, description="faust web port (metrics); 0 disables it")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SENTIMENT_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    postgres: PostgresSettings = PostgresSettings()
+    redis: RedisSettings = RedisSettings()
+    model: ModelSettings = ModelSettings()
+    worker: WorkerSettings = WorkerSettings()
+    models_dir: Path = Field(Path("models"), description="where trained and demo models are kept")
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as SENTIMENT_* variables, for a subprocess that must see the same config."""
+        env: dict[str, str] = {}
+        for name, value in self:
+            items = value if isinstance(value, BaseModel) else [(None, value)]
+            for field, v in items:
+                if isinstance(v, SecretStr):
+                    v = v.get_secret_value()
+                if v is not None:
+                    key = f"SENTIMENT_{name}__{field}" if field else f"SENTIMENT_{name}"
+                    env[key.upper()] = str(v)
+        return env
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

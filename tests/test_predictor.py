@@ -1,0 +1,70 @@
+"""The shared predictor: batching and length-sorting never change a result; label mapping is explicit."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from stream.batch import classify_csv
+from stream.predictor import Predictor, label_order
+
+
+def test_batched_length_sorted_predictions_equal_one_by_one(tiny_model: Path) -> None:
+    predictor = Predictor(tiny_model, device="cpu", batch_size=4, threads=1, max_length=64)
+    texts = ["love it", "terrible service and slow delivery " * 5, "ok", "", "the battery works great",
+             "never again " * 40, "fine", "worst app"]
+    batched = predictor.predict(texts)
+    single = [predictor.predict([t])[0] for t in texts]
+    for b, s in zip(batched, single, strict=True):
+        assert b.label == s.label
+        assert b.probs == pytest.approx(s.probs, abs=1e-5)
+        assert sum(b.probs.values()) == pytest.approx(1.0, abs=1e-5)
+        assert b.score == max(b.probs.values())
+    assert predictor.version == tiny_model.name
+    assert predictor.predict([]) == []
+
+
+def test_missing_model_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="sentiment train"):
+        Predictor(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize(
+    ("id2label", "expected"),
+    [
+        ({0: "negative", 1: "neutral", 2: "positive"}, ["negative", "neutral", "positive"]),
+        ({0: "POSITIVE", 1: "NEGATIVE", 2: "NEUTRAL"}, ["positive", "negative", "neutral"]),
+        ({0: "bad", 1: "neutral", 2: "good"}, ["negative", "neutral", "positive"]),
+        ({0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}, ["negative", "neutral", "positive"]),
+    ],
+)
+def test_label_order(id2label: dict[int, str], expected: list[str]) -> None:
+    assert label_order(id2label) == expected
+
+
+def test_label_order_rejects_unmappable_heads() -> None:
+    with pytest.raises(ValueError, match="cannot map"):
+        label_order({0: "joy", 1: "anger", 2: "fear"})
+    with pytest.raises(ValueError, match="3-class"):
+        label_order({0: "negative", 1: "positive"})
+
+
+def test_classify_csv_labels_every_row(tiny_model: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in.csv"
+    with src.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "body"])
+        w.writerows([[i, f"review number {i} was good"] for i in range(1000)] + [[1000, ""]])
+    dst = tmp_path / "out.csv"
+    progress: list[int] = []
+    predictor = Predictor(tiny_model, device="cpu", threads=1)
+    assert classify_csv(predictor, src, dst, "body", chunk=300, on_progress=progress.append) == 1001
+    assert progress == [300, 600, 900, 1001]
+    with dst.open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1001 and rows[5]["id"] == "5"
+    assert {r["label"] for r in rows} <= {"negative", "neutral", "positive"}
+    with pytest.raises(ValueError, match="no column 'text'"):
+        classify_csv(predictor, src, tmp_path / "x.csv")
