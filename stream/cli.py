@@ -218,6 +218,17 @@ def classify(
 
 
 @app.command()
+def demo(timeout: Annotated[float, typer.Option(help="seconds to wait for the worker")] = 300) -> None:
+    """Run the main job end to end on the local stack (`make demo` runs this after `make up`).
+
+    Example: sentiment demo
+    """
+    from stream.demo import run_demo
+
+    run_demo(get_settings(), timeout)
+
+
+@app.command()
 def status() -> None:
     """Health of Kafka, Postgres and Redis in one table; exits 1 if any is down.
 

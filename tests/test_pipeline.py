@@ -9,6 +9,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import OffsetSpec
 from sqlalchemy import func, select
 
 from storage.db import get_engine
@@ -96,7 +97,7 @@ def committed_to_end(settings: Settings) -> bool:
     admin = KafkaAdminClient(**opts)
     consumer = KafkaConsumer(**opts)
     try:
-        committed = admin.list_consumer_group_offsets(settings.worker.app_id)
+        committed = admin.list_group_offsets(settings.worker.app_id).get(settings.worker.app_id, {})
         tps = [TopicPartition(settings.kafka.reviews_topic, p) for p in range(settings.kafka.partitions)]
         end = consumer.end_offsets(tps)
         return all(tp in committed and committed[tp].offset >= end[tp] for tp in tps)
@@ -144,8 +145,10 @@ def test_worker_labels_dead_letters_and_survives_a_full_replay(topics: Settings,
     # Replay everything: stop the worker, forget the group's offsets, start again from the beginning.
     assert worker.stop() == 0, worker.log()
     admin = KafkaAdminClient(**opts)
-    admin.delete_consumer_groups([settings.worker.app_id])
+    tps = [TopicPartition(settings.kafka.reviews_topic, p) for p in range(settings.kafka.partitions)]
+    admin.reset_group_offsets(settings.worker.app_id, dict.fromkeys(tps, OffsetSpec.EARLIEST))
     admin.close()
+    assert not committed_to_end(settings)
     replay = worker_factory(settings)
     wait_until(lambda: committed_to_end(settings), 180, "the replay to reach the end", replay.log)
     assert "batch of" in replay.log()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import uuid
@@ -64,7 +65,7 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
 def test_status_reports_healthy_stack(topics: Settings) -> None:
     result = _cli(["status"], settings_env(topics))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count(" ok ") == 3
+    assert len(re.findall(r"│ ok\s+│", result.stdout)) == 3, result.stdout
 
 
 def test_service_down_names_service_address_and_fix(settings: Settings) -> None:
