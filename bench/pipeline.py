@@ -77,7 +77,7 @@ def distilbert_base_random(path: Path) -> Path:
 def measure_ceiling(predictor: Predictor, texts: list[str], batch: int) -> float:
     predictor.predict(texts[:batch])  # warm-up
     start = time.perf_counter()
-    for i in tqdm(range(0, len(texts), batch), desc="ceiling (pure forward)", unit="batch"):
+    for i in tqdm(range(0, len(texts), batch), desc="ceiling (pure forward)", unit="batch", mininterval=2):
         predictor.predict_probs(texts[i:i + batch])
     return len(texts) / (time.perf_counter() - start)
 
@@ -88,7 +88,7 @@ def measure_naive(predictor: Predictor, texts: list[str], settings: Settings, ta
     r = redis.Redis.from_url(settings.redis.url.get_secret_value())
     start = time.perf_counter()
     with Session(engine) as session:
-        for i, text in enumerate(tqdm(texts, desc="naive (per event)", unit="ev")):
+        for i, text in enumerate(tqdm(texts, desc="naive (per event)", unit="ev", mininterval=2)):
             p = predictor.predict([text])[0]
             session.execute(t.insert().values(
                 review_id=f"naive-{tag}-{i}", text=text, source=f"naive-{tag}", created_at=datetime.now(UTC),
@@ -105,7 +105,7 @@ def produce(settings: Settings, texts: list[str], tag: str, start: int = 0, rate
     producer = KafkaProducer(acks="all", linger_ms=5, **settings.kafka.client_options())
     sent_at: dict[str, float] = {}
     t0 = time.monotonic()
-    for i, text in enumerate(tqdm(texts, desc=desc, unit="ev"), start=start):
+    for i, text in enumerate(tqdm(texts, desc=desc, unit="ev", mininterval=2), start=start):
         rid = f"{tag}-{i}"
         if rate:
             ahead = (i - start) / rate - (time.monotonic() - t0)
@@ -134,7 +134,7 @@ def wait_for(settings: Settings, tag: str, target: int, worker: psutil.Process, 
     """Poll until `target` rows: (time first row seen, rows then, time target reached)."""
     first_t, first_n = 0.0, 0
     deadline = time.monotonic() + timeout
-    with tqdm(total=target, desc="worker: rows stored", unit="ev") as bar:
+    with tqdm(total=target, desc="worker: rows stored", unit="ev", mininterval=2) as bar:
         while time.monotonic() < deadline:
             n = stored_count(settings, tag)
             now = time.perf_counter()

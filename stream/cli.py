@@ -229,6 +229,27 @@ def demo(timeout: Annotated[float, typer.Option(help="seconds to wait for the wo
 
 
 @app.command()
+def dashboard(
+    port: Annotated[int | None, typer.Option(help="[default: $STREAMLIT_SERVER_PORT or 8501]")] = None,
+    address: Annotated[str | None, typer.Option(help="[default: $STREAMLIT_SERVER_ADDRESS or 127.0.0.1]")] = None,
+) -> None:
+    """Serve the web dashboard: live trends, latest reviews, classify text or a CSV, experiments and models.
+
+    Example: sentiment dashboard --port 8501   (then open http://127.0.0.1:8501)
+    """
+    import importlib.util
+    import os
+
+    from stream.dashboard.launch import streamlit_argv
+
+    if importlib.util.find_spec("streamlit") is None:
+        raise typer.BadParameter("Streamlit is not installed: pip install -e '.[dashboard]'")
+    argv = streamlit_argv(os.environ, port, address)
+    sys.stdout.flush()
+    os.execv(argv[0], argv)  # Streamlit takes over this process: signals and exit status are its own
+
+
+@app.command()
 def status() -> None:
     """Health of Kafka, Postgres and Redis in one table; exits 1 if any is down.
 

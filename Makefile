@@ -1,0 +1,43 @@
+# Local dev and CI entry points. The services (Kafka, PostgreSQL, Redis on 127.0.0.1) are
+# run by ops/stack.sh without Docker; see ops/README.md.
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: install up down status test lint chaos demo bench
+
+install: $(VENV)/.installed
+
+# pip runs again only when pyproject.toml is newer than the stamp of the last good install.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/pip install -e '.[dev,dashboard]'
+	touch $@
+
+# `sentiment init` runs the DB migrations and creates the Kafka topics.
+up: install
+	ops/stack.sh up
+	$(BIN)/sentiment init
+
+# The main job end to end: stack up, a model (trained briefly if none is registered), a worker,
+# sample reviews in, labelled rows and trend counters out.
+demo: up
+	$(BIN)/sentiment demo
+
+down:
+	ops/stack.sh down
+
+status:
+	ops/stack.sh status
+
+test: up
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+chaos: up
+	$(BIN)/pytest -q -m chaos $(PYTEST_ARGS)
+
+bench: up
+	$(BIN)/python bench/pipeline.py --events 2000 --json bench/results/pipeline.json

@@ -1,0 +1,136 @@
+"""Experiments and models: the tracked training runs, their confusion matrices, and which model is live."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from stream.dashboard.ui import load_settings
+from stream.settings import Settings
+
+SUMMARY = ["run_id", "name", "base_model", "test_accuracy", "test_macro_f1", "test_macro_recall", "val_macro_f1",
+           "epochs", "learning_rate", "class_weights", "train_time_s", "device", "run_dir"]
+
+
+def experiments_frame(csv_path: Path) -> pd.DataFrame:
+    """The experiment tracker's CSV as a table (numbers as numbers); empty when no run was recorded."""
+    from training.tracker import read_runs
+
+    frame = pd.DataFrame(read_runs(csv_path))
+    for col in frame.columns:
+        numeric = pd.to_numeric(frame[col], errors="coerce")
+        if numeric.notna().sum() and numeric.notna().sum() == (frame[col] != "").sum():
+            frame[col] = numeric
+    return frame
+
+
+def comparison_png(csv_path: Path) -> bytes | None:
+    """The tracker's own bar chart of the main test metrics (the `sentiment experiments --plot` figure)."""
+    from training.tracker import plot_runs, read_runs
+
+    rows = read_runs(csv_path)
+    if not rows:
+        return None
+    with tempfile.TemporaryDirectory(prefix="dashboard-plot-") as tmp:
+        return plot_runs(rows, Path(tmp) / "runs.png").read_bytes()
+
+
+def confusion_matrices(runs_root: Path, frame: pd.DataFrame) -> dict[str, Path]:
+    """run id -> confusion_matrix.png, for tracked runs and any other run dir under ``runs_root``, newest first."""
+    dirs = {p.parent.name: p.parent for p in runs_root.glob("*/confusion_matrix.png")}
+    for run_id, run_dir in zip(frame.get("run_id", []), frame.get("run_dir", []), strict=True):
+        if run_dir and (Path(run_dir) / "confusion_matrix.png").exists():
+            dirs[str(run_id)] = Path(run_dir)
+    return {k: dirs[k] / "confusion_matrix.png" for k in sorted(dirs, reverse=True)}
+
+
+@dataclass(frozen=True)
+class CurrentModel:
+    how: str  # why this one: the variable, or the `current` link
+    path: Path | None  # None: no model
+    target: Path | None  # where it really lives (links resolved)
+    version: str | None
+    training_run: dict[str, object] | None
+
+
+def current_model(settings: Settings) -> CurrentModel:
+    """The model the worker and dashboard load, found the way ``stream.predictor.resolve_model_dir`` finds it."""
+    if settings.model.dir is not None:
+        path, how = settings.model.dir, "SENTIMENT_MODEL__DIR"
+    else:
+        path, how = settings.models_dir / "current", f"the `{settings.models_dir / 'current'}` link"
+    if not (path / "config.json").exists():
+        return CurrentModel(how, None, None, None, None)
+    from stream.predictor import model_version
+
+    run_file = path / "training_run.json"
+    try:
+        run = json.loads(run_file.read_text()) if run_file.exists() else None
+    except (OSError, ValueError):
+        run = None
+    return CurrentModel(how, path, path.resolve(), settings.model.version or model_version(path), run)
+
+
+def local_models(models_dir: Path) -> pd.DataFrame:
+    """Model directories under ``models_dir`` (anything with a config.json), the `current` link included."""
+    rows = [{"name": p.name, "path": str(p.resolve()), "link": p.is_symlink()}
+            for p in sorted(models_dir.glob("*")) if (p / "config.json").exists()]
+    return pd.DataFrame(rows, columns=["name", "path", "link"])
+
+
+def _experiments(runs_root: Path) -> None:
+    csv_path = runs_root / "experiments.csv"
+    frame = experiments_frame(csv_path)
+    st.subheader("Experiments")
+    if frame.empty:
+        st.info(f"No runs recorded in `{csv_path}` yet: train one with `sentiment train configs/demo.yaml`.")
+    else:
+        st.dataframe(frame[[c for c in SUMMARY if c in frame.columns]], hide_index=True, key="experiments_table")
+        with st.expander("all columns"):
+            st.dataframe(frame, hide_index=True)
+        png = comparison_png(csv_path)
+        if png:
+            st.image(png, caption=f"test metrics per run, from {csv_path}")
+    matrices = confusion_matrices(runs_root, frame)
+    st.subheader("Confusion matrices")
+    if not matrices:
+        st.info(f"No run under `{runs_root}` has a confusion_matrix.png yet (runs write it when they finish).")
+        return
+    chosen = st.multiselect("runs", list(matrices), list(matrices)[:2], key="confusion_runs")
+    for column, run_id in zip(st.columns(max(len(chosen), 1)), chosen, strict=False):
+        column.image(str(matrices[run_id]), caption=run_id)
+
+
+def _models(settings: Settings) -> None:
+    st.subheader("Models")
+    current = current_model(settings)
+    if current.path is None:
+        st.warning(f"No model configured: {current.how} has no config.json. Run `make demo`, train one with "
+                   "`sentiment train configs/baseline.yaml`, or set SENTIMENT_MODEL__DIR.")
+    else:
+        st.markdown(f"**Current model:** `{current.version}` — chosen by {current.how}: `{current.path}`"
+                    + (f" → `{current.target}`" if current.target != current.path else ""))
+        if current.training_run:
+            st.json(current.training_run, expanded=False)
+    st.info("There is no model registry yet. The worker and this dashboard load SENTIMENT_MODEL__DIR when it is "
+            f"set, else `{settings.models_dir / 'current'}`; to switch models, point one of them at a run's "
+            "`model/` directory and restart the worker.")
+    models = local_models(settings.models_dir)
+    if models.empty:
+        st.caption(f"No model directories under `{settings.models_dir}`.")
+    else:
+        st.dataframe(models, hide_index=True, key="models_table")
+
+
+def render() -> None:
+    st.title("Experiments and models")
+    settings = load_settings()
+    runs_root = Path(st.sidebar.text_input("runs directory", "runs", key="runs_root"))
+    _experiments(runs_root)
+    st.divider()
+    _models(settings)

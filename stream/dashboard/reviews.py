@@ -1,0 +1,69 @@
+"""Reviews: the latest labelled reviews from Postgres, filtered by label, source and text."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import ProgrammingError
+
+from storage.reviews import count_by_label, latest_reviews
+from storage.schema import LABELS
+from storage.schema import review_sentiment as t
+from stream.dashboard.ui import engine, load_settings, reaching, show_unavailable
+from stream.services import ServiceUnavailable
+
+COLUMNS = ["created_at", "source", "label", "score", "model_version", "text", "review_id"]
+ALL = "all"
+
+
+def reviews_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The rows of ``latest_reviews`` as a table, newest first, in the order a reader scans them."""
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def recent_sources(db: Engine, scan: int = 5000) -> list[str]:
+    """Sources among the latest ``scan`` reviews: a bounded query (a DISTINCT over the whole table is a
+    full index scan); older sources can still be typed into the filter."""
+    latest = select(t.c.source).order_by(t.c.created_at.desc()).limit(scan).subquery()
+    with db.connect() as conn:
+        return list(conn.execute(select(latest.c.source).distinct().order_by(latest.c.source)).scalars())
+
+
+def render() -> None:
+    st.title("Reviews")
+    settings = load_settings()
+    db, address = engine(settings)
+    try:
+        with reaching("Postgres", address):
+            sources = recent_sources(db)
+            since = datetime.now(UTC) - timedelta(hours=24)
+            last_day = count_by_label(db, since)
+            label_col, source_col, search_col, limit_col = st.columns([1, 1, 2, 1])
+            label = label_col.selectbox("label", [ALL, *LABELS], key="reviews_label")
+            source = source_col.selectbox("source", [ALL, *sources], key="reviews_source", accept_new_options=True)
+            search = search_col.text_input("text contains", key="reviews_search").strip()
+            limit = limit_col.number_input("rows", 10, 1000, 100, step=10, key="reviews_limit")
+            rows = latest_reviews(db, int(limit), None if source == ALL else source, None if label == ALL else label,
+                                  search or None)
+    except ServiceUnavailable as e:
+        show_unavailable(e)
+        return
+    except ProgrammingError as e:  # e.g. the table is missing: the schema was never created
+        st.error(f"Postgres at `{address}` answered, but the query failed: {str(e.orig).splitlines()[0]}.\n\n"
+                 "Create or upgrade the schema with `sentiment init` (or `make up`).", icon="🚫")
+        return
+    columns = st.columns(len(LABELS))
+    for column, name in zip(columns, LABELS, strict=True):
+        column.metric(f"{name}, last 24 h", f"{last_day.get(name, 0):,}")
+    frame = reviews_frame(rows)
+    st.dataframe(frame, hide_index=True, width="stretch", column_config={
+        "created_at": st.column_config.DatetimeColumn("created (UTC)", format="YYYY-MM-DD HH:mm"),
+        "score": st.column_config.NumberColumn(format="%.2f"),
+        "model_version": "model",
+        "text": st.column_config.TextColumn(width="large"),
+    })
+    st.caption(f"{len(frame)} newest reviews by processing time, from Postgres at `{address}`.")

@@ -1,0 +1,61 @@
+"""What every page shares: settings read per run, cached clients, and the "service is down" message."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import redis
+import streamlit as st
+from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from storage.db import get_engine, safe_address
+from storage.trends import TrendCounters
+from stream.services import ServiceUnavailable, redis_address, trend_counters
+from stream.settings import Settings
+
+COLORS = {"negative": "#d62728", "neutral": "#9e9e9e", "positive": "#2ca02c"}
+
+
+def load_settings() -> Settings:
+    """Fresh settings on every run (not the lru-cached ``get_settings``): the server's environment decides,
+    and tests re-point it between runs in one process."""
+    return Settings()
+
+
+@contextlib.contextmanager
+def reaching(service: str, address: str) -> Iterator[None]:
+    """Turn a client's connection error into ServiceUnavailable, which names the service and its address."""
+    try:
+        yield
+    except redis.RedisError as e:
+        raise ServiceUnavailable(service, address, e) from None
+    except (OperationalError, InterfaceError, PoolTimeout) as e:
+        raise ServiceUnavailable(service, address, getattr(e, "orig", None) or e) from None
+
+
+def show_unavailable(e: ServiceUnavailable) -> None:
+    """The message a page shows instead of a traceback when Redis or Postgres is down."""
+    reason = str(e).splitlines()[0].removeprefix(f"{e.service} is not reachable at {e.address}: ")
+    st.error(f"**{e.service} is not reachable at `{e.address}`** ({reason}).\n\n"
+             f"Start the local stack with `make up`, or check the address in your `SENTIMENT_*` settings / `.env`.",
+             icon="🚫")
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _counters(key: str, _settings: Settings) -> TrendCounters:
+    return trend_counters(_settings)
+
+
+def counters(settings: Settings) -> tuple[TrendCounters, str]:
+    """One Redis client per URL and prefix for the whole server (its pool reconnects after an outage)."""
+    url = settings.redis.url.get_secret_value()
+    return _counters(f"{url}|{settings.redis.key_prefix}", settings), redis_address(url)
+
+
+def engine(settings: Settings) -> tuple[Engine, str]:
+    """The pooled engine (cached per URL by storage.db) and its address without credentials."""
+    url = settings.postgres.url.get_secret_value()
+    return get_engine(url), safe_address(url)

@@ -1,0 +1,3 @@
+from stream.dashboard.classify import render
+
+render()

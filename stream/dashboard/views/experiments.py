@@ -1,0 +1,3 @@
+from stream.dashboard.experiments import render
+
+render()

@@ -1,0 +1,3 @@
+from stream.dashboard.reviews import render
+
+render()

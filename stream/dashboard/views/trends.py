@@ -1,0 +1,3 @@
+from stream.dashboard.trends import render
+
+render()
