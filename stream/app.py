@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import faust
 
 from storage.db import get_engine, safe_address
+from stream import metrics
 from stream.dlq import DeadLetterWriter
 from stream.events import RawRecord
 from stream.pipeline import BatchProcessor, Retrier, Stopping
@@ -59,9 +60,9 @@ def create_app(settings: Settings) -> faust.App:
         store="memory://",
         consumer_auto_offset_reset="earliest",
         topic_disable_leader=True,
-        web_enabled=w.web_port > 0,
-        web_port=w.web_port or 6066,
-        web_bind="127.0.0.1",
+        broker_session_timeout=w.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, w.session_timeout_s / 3),
+        web_enabled=False,  # metrics come from stream.metrics; faust's web server is not needed
         stream_buffer_maxsize=max(4 * w.batch_max, 1024),
     )
     topic = app.topic(k.reviews_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
@@ -75,6 +76,8 @@ def create_app(settings: Settings) -> faust.App:
         loop = asyncio.get_running_loop()
         if "processor" not in state:
             state["processor"] = await loop.run_in_executor(executor, build_processor, settings, stop)
+            metrics.serve(w.metrics_port)
+            metrics.set_model(state["processor"].predictor.version)
         processor = state["processor"]
         async for events in stream.noack_take(w.batch_max, within=w.batch_within_s):
             records = [_raw(e) for e in events]
@@ -85,6 +88,10 @@ def create_app(settings: Settings) -> faust.App:
                 return
             for event in events:
                 await stream.ack(event)
+            metrics.observe_batch(records, result.labelled, result.dead_lettered, result.infer_s, result.total_s)
+            last_offsets = {e.message.tp: e.message.offset for e in events}
+            for tp, offset in last_offsets.items():
+                metrics.observe_lag(tp.topic, tp.partition, app.consumer.highwater(tp), offset)
             log.info("batch of %d: %d labelled, %d dead-lettered in %.0f ms (model %.0f ms)", len(events),
                      result.labelled, result.dead_lettered, result.total_s * 1000, result.infer_s * 1000)
 

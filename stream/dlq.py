@@ -1,21 +1,23 @@
-"""The dead-letter topic: every record the worker cannot label, with the reason and where it came from.
+"""The dead-letter topic: every record the worker cannot label, byte for byte, with the reason.
 
-Each dead letter is a JSON object keyed by the source position ``topic:partition:offset``, so a
-replayed batch that dead-letters the same record again is recognisable (``read_dead_letters``
-keeps the latest per key). The raw key and value are kept base64-encoded, byte for byte.
+A dead letter keeps the original record's key and value unchanged (so any Kafka tool can replay it)
+and says why in headers: ``dlq.reason`` (a stable code), ``dlq.detail`` (what to fix),
+``dlq.topic`` / ``dlq.partition`` / ``dlq.offset`` / ``dlq.timestamp_ms`` (where it came from) and
+``dlq.failed_at_ms``. A replayed batch may dead-letter a record again: ``read_dead_letters`` keeps the
+latest per source position.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from stream.events import RawRecord, Rejection
+
+MAX_MESSAGE_BYTES = 2 * 1024 * 1024  # the DLQ topic's limit: a source record at 1 MB plus headers fits
 
 
 @dataclass(frozen=True)
@@ -26,25 +28,34 @@ class DeadLetter:
     partition: int
     offset: int
     timestamp_ms: int | None
-    key_b64: str | None
-    value_b64: str | None
+    key: bytes | None
+    value: bytes | None
     failed_at_ms: int
 
     @classmethod
     def of(cls, record: RawRecord, rejection: Rejection) -> DeadLetter:
-        enc = lambda b: base64.b64encode(b).decode("ascii") if b is not None else None  # noqa: E731
         return cls(rejection.reason, rejection.detail, record.topic, record.partition, record.offset,
-                   record.timestamp_ms, enc(record.key), enc(record.value), int(time.time() * 1000))
+                   record.timestamp_ms, record.key, record.value, int(time.time() * 1000))
 
     @property
     def position(self) -> str:
         return f"{self.topic}:{self.partition}:{self.offset}"
 
     def raw_value(self) -> bytes | None:
-        return base64.b64decode(self.value_b64) if self.value_b64 is not None else None
+        return self.value
 
-    def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self)).encode("utf-8")
+    def headers(self) -> list[tuple[str, bytes]]:
+        fields = {"reason": self.reason, "detail": self.detail[:2000], "topic": self.topic,
+                  "partition": self.partition, "offset": self.offset, "timestamp_ms": self.timestamp_ms or "",
+                  "failed_at_ms": self.failed_at_ms}
+        return [(f"dlq.{k}", str(v).encode("utf-8", "replace")) for k, v in fields.items()]
+
+    @classmethod
+    def from_record(cls, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> DeadLetter:
+        h = {k.removeprefix("dlq."): v.decode("utf-8", "replace") for k, v in headers or [] if k.startswith("dlq.")}
+        return cls(h.get("reason", "unknown"), h.get("detail", ""), h.get("topic", "?"), int(h.get("partition", -1)),
+                   int(h.get("offset", -1)), int(h["timestamp_ms"]) if h.get("timestamp_ms") else None, key, value,
+                   int(h.get("failed_at_ms", 0)))
 
 
 class DeadLetterWriter:
@@ -52,10 +63,10 @@ class DeadLetterWriter:
 
     def __init__(self, topic: str, client_options: dict[str, object]) -> None:
         self.topic = topic
-        self.producer = KafkaProducer(acks="all", linger_ms=5, **client_options)
+        self.producer = KafkaProducer(acks="all", linger_ms=5, max_request_size=MAX_MESSAGE_BYTES, **client_options)
 
     def write(self, letters: Iterable[DeadLetter], timeout_s: float = 30.0) -> int:
-        futures = [self.producer.send(self.topic, key=d.position.encode(), value=d.to_bytes()) for d in letters]
+        futures = [self.producer.send(self.topic, key=d.key, value=d.value, headers=d.headers()) for d in letters]
         self.producer.flush(timeout=timeout_s)
         for f in futures:
             f.get(timeout=timeout_s)  # raises the send's error, if any
@@ -68,7 +79,8 @@ class DeadLetterWriter:
 def read_dead_letters(topic: str, client_options: dict[str, object], limit: int | None = None,
                       timeout_s: float = 10.0) -> list[DeadLetter]:
     """All dead letters in the topic (latest per source position), oldest first."""
-    consumer = KafkaConsumer(enable_auto_commit=False, group_id=None, **client_options)
+    consumer = KafkaConsumer(enable_auto_commit=False, group_id=None, fetch_max_bytes=4 * MAX_MESSAGE_BYTES,
+                             max_partition_fetch_bytes=2 * MAX_MESSAGE_BYTES, **client_options)
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
@@ -82,7 +94,7 @@ def read_dead_letters(topic: str, client_options: dict[str, object], limit: int 
         while any(consumer.position(tp) < end[tp] for tp in tps) and time.monotonic() < deadline:
             for records in consumer.poll(timeout_ms=500).values():
                 for r in records:
-                    letter = DeadLetter(**json.loads(r.value))
+                    letter = DeadLetter.from_record(r.key, r.value, r.headers)
                     latest.pop(letter.position, None)
                     latest[letter.position] = letter
         letters = list(latest.values())

@@ -15,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from storage.db import get_engine, safe_address
 from storage.trends import TrendCounters
+from stream.dlq import MAX_MESSAGE_BYTES
 from stream.settings import Settings
 
 HINT = "start the local stack with `make up` (or check the address in your SENTIMENT_* settings / .env)"
@@ -103,10 +104,12 @@ def create_topics(settings: Settings, partitions: int | None = None) -> list[str
     """Create the reviews and dead-letter topics if missing; returns those created."""
     k = settings.kafka
     wanted = {k.reviews_topic: partitions or k.partitions, k.dlq_topic: 1}
+    configs = {k.dlq_topic: {"max.message.bytes": str(MAX_MESSAGE_BYTES)}}
     admin = kafka_admin(settings)
     try:
         existing = set(admin.list_topics())
-        new = [NewTopic(name, n, 1) for name, n in wanted.items() if name not in existing]
+        new = [NewTopic(name, n, 1, topic_configs=configs.get(name)) for name, n in wanted.items()
+               if name not in existing]
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):  # created concurrently by another `init`
                 admin.create_topics(new, timeout_ms=30_000, wait_for_metadata=True)

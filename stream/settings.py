@@ -68,8 +68,9 @@ class WorkerSettings(BaseModel):
     batch_within_s: float = Field(0.5, gt=0, description="seconds to wait for a batch to fill")
     max_text_chars: int = Field(20_000, ge=1, description="longer texts are dead-lettered")
     max_metadata_bytes: int = Field(16_384, ge=0, description="larger metadata is dead-lettered")
-    retry_max_backoff_s: float = Field(30.0, gt=0)
-    web_port: int = Field(0, ge=0, description="faust web port (metrics); 0 disables it")
+    retry_max_backoff_s: float = Field(30.0, gt=0, description="longest wait between retries of a sink")
+    session_timeout_s: float = Field(30.0, ge=6, description="a dead worker's partitions move after this")
+    metrics_port: int = Field(9108, ge=0, description="Prometheus metrics on 127.0.0.1; 0 disables them")
 
 
 class Settings(BaseSettings):

@@ -7,6 +7,7 @@ each other's data and need no cleanup between them. Postgres tests use the `sent
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -53,6 +54,12 @@ def make_tiny_model(path: Path, seed: int = 0) -> Path:
     return path
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
@@ -80,7 +87,7 @@ def settings(uid: str, migrated_db: str, tiny_model: Path) -> Settings:
         postgres={"url": migrated_db},
         redis={"url": TEST_REDIS_URL, "key_prefix": f"t-{uid}"},
         model={"dir": tiny_model, "version": f"tiny-{uid}", "batch_size": 16},
-        worker={"app_id": f"t-{uid}-worker", "batch_max": 32, "batch_within_s": 0.2},
+        worker={"app_id": f"t-{uid}-worker", "batch_max": 32, "batch_within_s": 0.2, "metrics_port": free_port()},
     )
 
 
@@ -88,7 +95,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The environment a worker subprocess needs to see the same settings (one torch thread: tests share cores)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENTIMENT_")}
     env.update(settings.to_env())
-    env.update(SENTIMENT_MODEL__THREADS="1", SENTIMENT_WORKER__RETRY_MAX_BACKOFF_S="2", PYTHONUNBUFFERED="1")
+    env.update(SENTIMENT_MODEL__THREADS="1", SENTIMENT_WORKER__RETRY_MAX_BACKOFF_S="2",
+               SENTIMENT_WORKER__SESSION_TIMEOUT_S="6", PYTHONUNBUFFERED="1")
     return env
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -24,18 +23,13 @@ from stream.events import RawRecord
 from stream.pipeline import BatchProcessor, Retrier, Stopping
 from stream.predictor import Prediction, Predictor
 from stream.settings import Settings
+from tests.conftest import free_port
 
 
 def records(topic: str, uid: str, n: int) -> list[RawRecord]:
     return [RawRecord(topic, 0, i, int(time.time() * 1000), None,
                       json.dumps({"review_id": f"{uid}-{i}", "text": f"text {i}", "source": f"s-{uid}"}).encode())
             for i in range(n)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def processor(settings: Settings, predictor: Predictor, redis_url: str, stop: threading.Event) -> BatchProcessor:

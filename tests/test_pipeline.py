@@ -8,15 +8,16 @@ import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import OffsetSpec
 from sqlalchemy import func, select
 
 from storage.db import get_engine
 from storage.schema import review_sentiment as t
-from storage.trends import HOUR, MINUTE, TrendCounters
+from storage.trends import TrendCounters
 from stream.dlq import read_dead_letters
 from stream.settings import Settings
+from tests.accounting import assert_redis_matches_sql, committed_to_end, produce, rows_for, scrape
 from tests.conftest import wait_until
 
 BAD: list[tuple[bytes, str]] = [
@@ -59,53 +60,6 @@ def make_events(uid: str, n_valid: int) -> tuple[list[tuple[bytes | None, bytes]
     return records, expected_text, reasons
 
 
-def produce(settings: Settings, records: list[tuple[bytes | None, bytes]]) -> None:
-    producer = KafkaProducer(acks="all", max_request_size=2_000_000, **settings.kafka.client_options())
-    for key, value in records:
-        producer.send(settings.kafka.reviews_topic, key=key, value=value)
-    producer.flush(30)
-    producer.close()
-
-
-def rows_for(settings: Settings, uid: str) -> list:
-    with get_engine(settings.postgres.url.get_secret_value()).connect() as conn:
-        return conn.execute(select(t).where(t.c.source.like(f"src-{uid}-%"))).all()
-
-
-def assert_redis_matches_sql(settings: Settings, uid: str) -> None:
-    counters = TrendCounters.from_url(settings.redis.url.get_secret_value(), prefix=settings.redis.key_prefix)
-    rows = rows_for(settings, uid)
-    for resolution, width in ((MINUTE, 120), (HOUR, 3)):
-        for source in {r.source for r in rows}:
-            redis_counts: Counter[tuple[datetime, str]] = Counter()
-            for b in counters.read(resolution, width, source=source):
-                for label, n in b.counts.items():
-                    if n:
-                        redis_counts[(b.start, label)] = n
-            sql_counts: Counter[tuple[datetime, str]] = Counter()
-            for r in rows:
-                if r.source == source:
-                    start = r.created_at.astimezone(UTC).replace(second=0, microsecond=0)
-                    if resolution == HOUR:
-                        start = start.replace(minute=0)
-                    sql_counts[(start, r.label)] += 1
-            assert redis_counts == sql_counts, (resolution, source)
-
-
-def committed_to_end(settings: Settings) -> bool:
-    opts = settings.kafka.client_options()
-    admin = KafkaAdminClient(**opts)
-    consumer = KafkaConsumer(**opts)
-    try:
-        committed = admin.list_group_offsets(settings.worker.app_id).get(settings.worker.app_id, {})
-        tps = [TopicPartition(settings.kafka.reviews_topic, p) for p in range(settings.kafka.partitions)]
-        end = consumer.end_offsets(tps)
-        return all(tp in committed and committed[tp].offset >= end[tp] for tp in tps)
-    finally:
-        admin.close()
-        consumer.close()
-
-
 def test_worker_labels_dead_letters_and_survives_a_full_replay(topics: Settings, uid: str, worker_factory) -> None:
     settings = topics
     records, expected_text, reasons = make_events(uid, 240)
@@ -135,6 +89,13 @@ def test_worker_labels_dead_letters_and_survives_a_full_replay(topics: Settings,
 
     letters = read_dead_letters(settings.kafka.dlq_topic, opts)
     assert Counter(d.reason for d in letters) == reasons
+    metrics = scrape(settings.worker.metrics_port)
+    assert metrics["sentiment_events_consumed_total"] == len(records)
+    assert metrics["sentiment_events_labelled_total"] == n_valid + 1  # + the duplicate id, stored once
+    assert metrics["sentiment_events_dead_lettered_total"] == sum(reasons.values())
+    assert metrics["sentiment_batch_size_count"] >= len(records) / settings.worker.batch_max
+    assert metrics[f'sentiment_model_info{{version="{settings.model.version}"}}'] == 1
+    assert all(v == 0 for k, v in metrics.items() if k.startswith("sentiment_consumer_lag"))
     assert {d.raw_value() for d in letters} == {value for value, _ in BAD}
     assert_redis_matches_sql(settings, uid)
     redis_keys = list(TrendCounters.from_url(settings.redis.url.get_secret_value()).client.scan_iter(

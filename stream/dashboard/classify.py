@@ -139,7 +139,7 @@ def render() -> None:
     try:
         model = predictor(settings)
     except (FileNotFoundError, OSError, ValueError) as e:
-        st.error(f"No usable model: {e}", icon="🚫")
+        st.error(f"No usable model: {e}", icon=":material/error:")
         return
     st.caption(f"Model `{model.version}` from `{model.model_dir}` on {model.device} — the worker's predictor.")
     _one_text(model)

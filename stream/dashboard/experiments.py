@@ -83,25 +83,32 @@ def local_models(models_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["name", "path", "link"])
 
 
-def _experiments(runs_root: Path) -> None:
-    csv_path = runs_root / "experiments.csv"
-    frame = experiments_frame(csv_path)
+def _experiments(roots: list[Path]) -> None:
     st.subheader("Experiments")
-    if frame.empty:
-        st.info(f"No runs recorded in `{csv_path}` yet: train one with `sentiment train configs/demo.yaml`.")
-    else:
-        st.dataframe(frame[[c for c in SUMMARY if c in frame.columns]], hide_index=True, key="experiments_table")
+    frames = {root: experiments_frame(root / "experiments.csv") for root in roots}
+    for root, frame in frames.items():
+        csv_path = root / "experiments.csv"
+        if frame.empty:
+            missing = "" if root.exists() else " (no such directory)"
+            st.info(f"No runs recorded in `{csv_path}`{missing}.")
+            continue
+        st.markdown(f"**`{csv_path}`** — {len(frame)} run(s)")
+        st.dataframe(frame[[c for c in SUMMARY if c in frame.columns]], hide_index=True)
         with st.expander("all columns"):
             st.dataframe(frame, hide_index=True)
         png = comparison_png(csv_path)
         if png:
             st.image(png, caption=f"test metrics per run, from {csv_path}")
-    matrices = confusion_matrices(runs_root, frame)
+    if all(f.empty for f in frames.values()):
+        st.caption("Train a model with `sentiment train configs/demo.yaml` (runs/) or `make demo` (models/runs/).")
+    matrices: dict[str, Path] = {}
+    for root, frame in frames.items():
+        matrices |= confusion_matrices(root, frame)
     st.subheader("Confusion matrices")
     if not matrices:
-        st.info(f"No run under `{runs_root}` has a confusion_matrix.png yet (runs write it when they finish).")
+        st.info("No run has a confusion_matrix.png yet (a run writes it when it finishes).")
         return
-    chosen = st.multiselect("runs", list(matrices), list(matrices)[:2], key="confusion_runs")
+    chosen = st.multiselect("runs", list(matrices), list(matrices)[:2])  # no key: new runs reset the choice
     for column, run_id in zip(st.columns(max(len(chosen), 1)), chosen, strict=False):
         column.image(str(matrices[run_id]), caption=run_id)
 
@@ -130,7 +137,9 @@ def _models(settings: Settings) -> None:
 def render() -> None:
     st.title("Experiments and models")
     settings = load_settings()
-    runs_root = Path(st.sidebar.text_input("runs directory", "runs", key="runs_root"))
-    _experiments(runs_root)
+    # `sentiment train` writes to runs/ by default, `make demo` to <models_dir>/runs/: show both.
+    default = ", ".join(dict.fromkeys(["runs", str(settings.models_dir / "runs")]))
+    roots = st.sidebar.text_input("run directories (comma-separated)", default, key="runs_roots")
+    _experiments([Path(r.strip()) for r in roots.split(",") if r.strip()])
     st.divider()
     _models(settings)

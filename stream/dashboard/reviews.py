@@ -54,7 +54,7 @@ def render() -> None:
         return
     except ProgrammingError as e:  # e.g. the table is missing: the schema was never created
         st.error(f"Postgres at `{address}` answered, but the query failed: {str(e.orig).splitlines()[0]}.\n\n"
-                 "Create or upgrade the schema with `sentiment init` (or `make up`).", icon="🚫")
+                 "Create or upgrade the schema with `sentiment init` (or `make up`).", icon=":material/error:")
         return
     columns = st.columns(len(LABELS))
     for column, name in zip(columns, LABELS, strict=True):

@@ -115,7 +115,7 @@ def live_view(settings: Settings, view: View) -> None:
     if alert:
         st.error(f"**Negative share {alert.share:.0%}** over the last {view.alert_window} {unit}(s) "
                  f"({alert.negative} of {alert.total} reviews) is above the {view.threshold:.0%} threshold.",
-                 icon="🚨")
+                 icon=":material/warning:")
     counts = window_counts(frame)
     columns = st.columns(4)
     columns[0].metric(f"reviews, last {view.buckets} {unit}s", f"{counts['total']:,}")

@@ -41,7 +41,7 @@ def show_unavailable(e: ServiceUnavailable) -> None:
     reason = str(e).splitlines()[0].removeprefix(f"{e.service} is not reachable at {e.address}: ")
     st.error(f"**{e.service} is not reachable at `{e.address}`** ({reason}).\n\n"
              f"Start the local stack with `make up`, or check the address in your `SENTIMENT_*` settings / `.env`.",
-             icon="🚫")
+             icon=":material/error:")
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

@@ -1,0 +1,67 @@
+"""Worker metrics in the Prometheus text format (``SENTIMENT_WORKER__METRICS_PORT``, default 9108).
+
+Scrape ``http://127.0.0.1:9108/metrics``. Every worker process serves its own; with several workers on
+one machine give each its own port (a port already taken disables metrics with a warning).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from stream.events import RawRecord
+
+log = logging.getLogger(__name__)
+
+CONSUMED = Counter("sentiment_events_consumed_total", "Events read from the reviews topic")
+LABELLED = Counter("sentiment_events_labelled_total", "Events stored in Postgres with a label")
+DEAD_LETTERED = Counter("sentiment_events_dead_lettered_total", "Events sent to the dead-letter topic")
+BATCH_SIZE = Histogram("sentiment_batch_size", "Events per micro-batch",
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+INFERENCE_SECONDS = Histogram("sentiment_inference_seconds", "Model time per micro-batch",
+                              buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+BATCH_SECONDS = Histogram("sentiment_batch_seconds", "Judge + model + sinks time per micro-batch",
+                          buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+E2E_SECONDS = Histogram("sentiment_end_to_end_seconds", "Kafka record timestamp to acknowledged",
+                        buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+LAG = Gauge("sentiment_consumer_lag", "Records behind the partition's high watermark", ["topic", "partition"])
+MODEL = Gauge("sentiment_model_info", "The model labelling events (value 1)", ["version"])
+
+
+def serve(port: int) -> bool:
+    if port <= 0:
+        return False
+    try:
+        start_http_server(port, addr="127.0.0.1")
+    except OSError as e:
+        log.warning("metrics disabled: cannot listen on 127.0.0.1:%d (%s)", port, e)
+        return False
+    log.info("metrics on http://127.0.0.1:%d/metrics", port)
+    return True
+
+
+def set_model(version: str) -> None:
+    MODEL.clear()
+    MODEL.labels(version=version).set(1)
+
+
+def observe_batch(records: Sequence[RawRecord], labelled: int, dead_lettered: int, infer_s: float,
+                  total_s: float) -> None:
+    CONSUMED.inc(len(records))
+    LABELLED.inc(labelled)
+    DEAD_LETTERED.inc(dead_lettered)
+    BATCH_SIZE.observe(len(records))
+    INFERENCE_SECONDS.observe(infer_s)
+    BATCH_SECONDS.observe(total_s)
+    now_ms = time.time() * 1000
+    for r in records:
+        if r.timestamp_ms:
+            E2E_SECONDS.observe(max(0.0, (now_ms - r.timestamp_ms) / 1000))
+
+
+def observe_lag(topic: str, partition: int, highwater: int | None, offset: int) -> None:
+    if highwater is not None:
+        LAG.labels(topic=topic, partition=str(partition)).set(max(0, highwater - offset - 1))

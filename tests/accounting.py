@@ -1,0 +1,74 @@
+"""Accounting helpers for tests that stream through a real worker: what Kafka, Postgres, Redis hold."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections import Counter
+from datetime import UTC, datetime
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
+
+from storage.db import get_engine
+from storage.schema import review_sentiment as t
+from storage.trends import HOUR, MINUTE, TrendCounters
+from stream.settings import Settings
+
+
+def produce(settings: Settings, records: list[tuple[bytes | None, bytes]]) -> None:
+    producer = KafkaProducer(acks="all", max_request_size=2_000_000, **settings.kafka.client_options())
+    for key, value in records:
+        producer.send(settings.kafka.reviews_topic, key=key, value=value)
+    producer.flush(30)
+    producer.close()
+
+
+def rows_for(settings: Settings, uid: str) -> list:
+    with get_engine(settings.postgres.url.get_secret_value()).connect() as conn:
+        return conn.execute(select(t).where(t.c.source.like(f"src-{uid}-%"))).all()
+
+
+def assert_redis_matches_sql(settings: Settings, uid: str) -> None:
+    counters = TrendCounters.from_url(settings.redis.url.get_secret_value(), prefix=settings.redis.key_prefix)
+    rows = rows_for(settings, uid)
+    for resolution, width in ((MINUTE, 120), (HOUR, 3)):
+        for source in {r.source for r in rows}:
+            redis_counts: Counter[tuple[datetime, str]] = Counter()
+            for b in counters.read(resolution, width, source=source):
+                for label, n in b.counts.items():
+                    if n:
+                        redis_counts[(b.start, label)] = n
+            sql_counts: Counter[tuple[datetime, str]] = Counter()
+            for r in rows:
+                if r.source == source:
+                    start = r.created_at.astimezone(UTC).replace(second=0, microsecond=0)
+                    if resolution == HOUR:
+                        start = start.replace(minute=0)
+                    sql_counts[(start, r.label)] += 1
+            assert redis_counts == sql_counts, (resolution, source)
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The worker's /metrics, parsed by prometheus_client: {'name{labels}': value}."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
+def committed_to_end(settings: Settings) -> bool:
+    opts = settings.kafka.client_options()
+    admin = KafkaAdminClient(**opts)
+    consumer = KafkaConsumer(**opts)
+    try:
+        committed = admin.list_group_offsets(settings.worker.app_id).get(settings.worker.app_id, {})
+        tps = [TopicPartition(settings.kafka.reviews_topic, p) for p in range(settings.kafka.partitions)]
+        end = consumer.end_offsets(tps)
+        return all(tp in committed and committed[tp].offset >= end[tp] for tp in tps)
+    finally:
+        admin.close()
+        consumer.close()
