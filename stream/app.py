@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import faust
 
@@ -58,6 +61,7 @@ def create_app(settings: Settings) -> faust.App:
         w.app_id,
         broker=[f"kafka://{host}" for host in k.bootstrap_servers.split(",")],
         store="memory://",
+        datadir=Path(tempfile.gettempdir()) / "sentiment-faust" / w.app_id,  # no tables: nothing to keep
         consumer_auto_offset_reset="earliest",
         topic_disable_leader=True,
         broker_session_timeout=w.session_timeout_s,
@@ -102,6 +106,22 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
+def wait_for_kafka(settings: Settings, max_backoff_s: float = 15.0) -> None:
+    """Faust gives up at start-up if no broker answers; a worker should wait for one instead."""
+    from stream.services import ServiceUnavailable, check_kafka
+
+    delay = 1.0
+    while True:
+        try:
+            check_kafka(settings)
+            return
+        except ServiceUnavailable as e:
+            log.warning("waiting: %s; retrying in %.0fs", str(e).splitlines()[0], delay)
+        time.sleep(delay)
+        delay = min(delay * 2, max_backoff_s)
+
+
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    wait_for_kafka(settings)
     app = create_app(settings)
     faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

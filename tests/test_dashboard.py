@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from stream.dashboard import launch
 from stream.dashboard.trends import negative_alert, trend_frame, window_counts
 from stream.services import trend_counters
 from stream.settings import Settings
+from tests.conftest import free_port
 
 APP = Path(launch.APP)
 
@@ -40,12 +40,6 @@ def app_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
 def open_page(name: str, timeout: float = 30) -> AppTest:
     """The app as `streamlit run` would serve it, opened on one page."""
     return AppTest.from_file(str(APP), default_timeout=timeout).switch_page(f"views/{name}.py").run()
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def store(settings: Settings, source: str, labels: list[str], text: str = "review") -> list[StoredLabel]:
@@ -74,6 +68,20 @@ def test_streamlit_argv_lets_the_environment_win() -> None:
     assert not any(a.startswith(("--server.address", "--server.port")) for a in compose)
     assert "--server.address=10.0.0.1" in launch.streamlit_argv({"STREAMLIT_SERVER_ADDRESS": "0.0.0.0"},
                                                                address="10.0.0.1")
+
+
+def test_cli_dashboard_execs_streamlit_on_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from stream.cli import app
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(os, "execv", lambda path, argv: calls.append(argv))
+    monkeypatch.setenv("STREAMLIT_SERVER_ADDRESS", "0.0.0.0")
+    result = CliRunner().invoke(app, ["dashboard", "--port", "8600"])
+    assert result.exit_code == 0, result.output
+    assert calls[0][1:5] == ["-m", "streamlit", "run", str(APP)] and "--server.port=8600" in calls[0]
+    assert not any(a.startswith("--server.address") for a in calls[0])  # the environment's 0.0.0.0 applies
 
 
 def test_trend_frame_shares_and_alert() -> None:
@@ -116,7 +124,7 @@ def test_trends_page_shows_the_redis_counts(app_env: Settings, uid: str) -> None
 
 
 def test_trends_page_names_redis_when_it_is_down(app_env: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    port = closed_port()
+    port = free_port()  # nothing listens there
     monkeypatch.setenv("SENTIMENT_REDIS__URL", f"redis://127.0.0.1:{port}/0")
     at = open_page("trends")
     assert not at.exception
@@ -141,7 +149,7 @@ def test_reviews_page_filters_the_latest_rows(app_env: Settings, uid: str) -> No
 
 
 def test_reviews_page_names_postgres_when_it_is_down(app_env: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    port = closed_port()
+    port = free_port()  # nothing listens there
     monkeypatch.setenv("SENTIMENT_POSTGRES__URL", f"postgresql+psycopg://u:p@127.0.0.1:{port}/sentiment")
     at = open_page("reviews")
     assert not at.exception
@@ -169,6 +177,14 @@ def test_classify_page_labels_a_text_and_a_csv(app_env: Settings) -> None:
     assert float(metrics(at)["throughput (rows/minute)"].replace(",", "")) > 0
 
 
+def test_classify_page_without_a_model_says_what_to_do(app_env: Settings, monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    monkeypatch.setenv("SENTIMENT_MODEL__DIR", str(tmp_path / "nothing-here"))
+    at = open_page("classify")
+    assert not at.exception
+    assert "No usable model" in at.error[0].value and "SENTIMENT_MODEL__DIR" in at.error[0].value
+
+
 def test_experiments_page_shows_runs_and_the_current_model(app_env: Settings, tmp_path: Path) -> None:
     from training.tracker import append_row
 
@@ -178,11 +194,11 @@ def test_experiments_page_shows_runs_and_the_current_model(app_env: Settings, tm
     append_row(tmp_path / "experiments.csv", {"run_id": run_dir.name, "name": "demo", "test_accuracy": 0.61,
                                               "test_macro_f1": 0.55, "test_macro_recall": 0.57, "run_dir": run_dir})
     at = open_page("experiments")
-    at.sidebar.text_input(key="runs_root").input(str(tmp_path)).run()
+    at.sidebar.text_input(key="runs_roots").input(str(tmp_path)).run()
     assert not at.exception and not at.error
     table = at.dataframe[0].value
     assert table["run_id"].tolist() == [run_dir.name] and table["test_accuracy"].tolist() == [0.61]
-    assert at.multiselect(key="confusion_runs").value == [run_dir.name]
+    assert at.multiselect[0].value == [run_dir.name] and len(at.get("image")) == 2  # the plot and the matrix
     text = " ".join(m.value for m in at.markdown) + " ".join(i.value for i in at.info)
     assert f"`{app_env.model.version}`" in text and "SENTIMENT_MODEL__DIR" in text
     assert "no model registry yet" in text

@@ -7,7 +7,6 @@ import csv
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -20,7 +19,7 @@ from storage.schema import LABELS
 from storage.trends import MINUTE
 from stream.services import trend_counters
 from stream.settings import Settings
-from tests.conftest import REPO, settings_env, wait_until
+from tests.conftest import REPO, free_port, settings_env, wait_until
 from tests.test_dashboard import store
 
 CHROMIUM = Path(os.environ.get("SENTIMENT_TEST_CHROMIUM", "/usr/bin/chromium"))
@@ -34,10 +33,7 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[dev]'")
 
 
 def healthy(url: str) -> bool:
@@ -84,7 +80,6 @@ def save_screenshot(page: object, tmp_path: Path, name: str) -> Path:
 
 
 def test_trends_and_csv_classify_in_a_browser(dashboard: str, settings: Settings, uid: str, tmp_path: Path) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
     store(settings, f"src-{uid}", ["negative"] * 4 + ["neutral"] * 2 + ["positive"] * 3)
     in_redis = {k: sum(b.counts[k] for b in trend_counters(settings).read(MINUTE, 60)) for k in LABELS}
 
@@ -106,6 +101,9 @@ def test_trends_and_csv_classify_in_a_browser(dashboard: str, settings: Settings
             assert shown["reviews, last 60 minutes"] == 9
             page.get_by_text("Buckets in UTC").wait_for()
             save_screenshot(page, tmp_path, "dashboard.png")
+
+            store(settings, f"src-{uid}-late", ["negative"] * 2)  # the page refreshes itself (every 10 s)
+            sync_api.expect(metric.nth(0).get_by_test_id("stMetricValue")).to_have_text("11", timeout=30_000)
 
             texts = ["love this phone", "awful service, never again", "it arrived", 'comma, "quotes"\nand a newline']
             upload = io.StringIO()

@@ -119,7 +119,7 @@ def test_outage_is_waited_out(service: str, chaos_settings: Settings, uid: str, 
     s = chaos_settings
     worker = worker_factory(s)
     producer, sent = stream_events(s, uid, 5_000, bad_every=100, rate=500)
-    time.sleep(3)
+    wait_until(lambda: len(rows_for(s, uid)) > 200, 120, "the worker to be streaming", worker.log)
     subprocess.run([*STACK, "down", service], check=True, capture_output=True)
     time.sleep(0 if service == "kafka" else 15)  # kafka: a restart
     subprocess.run([*STACK, "up", service], check=True, capture_output=True)

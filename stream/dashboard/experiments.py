@@ -30,10 +30,16 @@ def experiments_frame(csv_path: Path) -> pd.DataFrame:
 
 
 def comparison_png(csv_path: Path) -> bytes | None:
-    """The tracker's own bar chart of the main test metrics (the `sentiment experiments --plot` figure)."""
+    """The tracker's own bar chart of the main test metrics (the `sentiment experiments --plot` figure),
+    drawn again only when the CSV changes."""
+    return _plot(str(csv_path), csv_path.stat().st_mtime_ns if csv_path.exists() else 0)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _plot(csv_path: str, mtime_ns: int) -> bytes | None:
     from training.tracker import plot_runs, read_runs
 
-    rows = read_runs(csv_path)
+    rows = read_runs(Path(csv_path))
     if not rows:
         return None
     with tempfile.TemporaryDirectory(prefix="dashboard-plot-") as tmp:

@@ -38,7 +38,7 @@ def reaching(service: str, address: str) -> Iterator[None]:
 
 def show_unavailable(e: ServiceUnavailable) -> None:
     """The message a page shows instead of a traceback when Redis or Postgres is down."""
-    reason = str(e).splitlines()[0].removeprefix(f"{e.service} is not reachable at {e.address}: ")
+    reason = str(e).splitlines()[0].removeprefix(f"{e.service} is not reachable at {e.address}: ").rstrip(".")
     st.error(f"**{e.service} is not reachable at `{e.address}`** ({reason}).\n\n"
              f"Start the local stack with `make up`, or check the address in your `SENTIMENT_*` settings / `.env`.",
              icon=":material/error:")

@@ -1,0 +1,31 @@
+# App image for docker-compose.yml: the `sentiment` CLI (init, worker, dashboard, ...).
+# Not built on our dev/CI machines (no Docker engine there); see ops/README.md.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# torch first, from the PyTorch CPU index: a CPU-only build of a few hundred MB instead of
+# PyPI's CUDA build of several GB. This is what a user with internet access does; our own
+# machines reach only PyPI, so their .venv gets PyPI's torch (it runs on the CPU too).
+# `pip install .` below then keeps it, since it satisfies pyproject's torch>=2.4.
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch
+
+WORKDIR /app
+# Dependencies and code in one layer: the project is small next to torch.
+COPY pyproject.toml README.md* ./
+COPY stream ./stream
+COPY storage ./storage
+COPY training ./training
+RUN pip install '.[dashboard]'
+
+# Run as a plain user; /models is the mount point of the `models` volume (a fresh named volume
+# takes this directory's owner).
+RUN useradd --create-home --uid 1000 app && mkdir -p /models && chown app:app /models
+USER app
+ENV SENTIMENT_MODEL__DIR=/models/current
+
+ENTRYPOINT ["sentiment"]
+CMD ["--help"]

@@ -1,0 +1,247 @@
+"""``sentiment train | sweep | evaluate | experiments``: the training commands.
+
+``app`` is a ``typer.Typer`` the root CLI mounts; every command is also a plain function with real
+defaults (``train("configs/demo.yaml")`` works from Python).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Fine-tune, compare and evaluate sentiment models.", no_args_is_help=True)
+console = Console(width=max(Console().width, 150))  # run tables are wide; logs should not fold them
+
+DEFAULT_RUNS = Path("runs")
+RunRoot = Annotated[Path, typer.Option("--run-root", help="where run directories go")]
+TrackerCsv = Annotated[
+    Path | None, typer.Option("--tracker", help="experiment CSV [default: RUN_ROOT/experiments.csv]")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override a config key, e.g. --set learning_rate=2e-5 --set data.max_train_samples=500"),
+]
+
+
+SUMMARY_COLUMNS = ["run_id", "name", "learning_rate", "freeze_layers", "class_weights", "val_macro_recall",
+                   "test_accuracy", "test_macro_f1", "test_macro_recall", "train_samples_per_s", "train_time_s",
+                   "wall_time_s"]
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--set {item!r}: expected KEY=VALUE, e.g. learning_rate=2e-5")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"error: {err}", style="red", markup=False, soft_wrap=True, highlight=False)
+    raise typer.Exit(code=2)
+
+
+HEADERS = {"run_id": "run", "learning_rate": "lr", "freeze_layers": "frozen", "class_weights": "weights",
+           "val_macro_recall": "val mRec", "test_accuracy": "test acc", "test_macro_f1": "test mF1",
+           "test_macro_recall": "test mRec", "train_samples_per_s": "train/s", "wall_time_s": "wall s"}
+
+
+def _summary_table(rows: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    for col in HEADERS:
+        table.add_column(HEADERS[col], justify="left" if col in ("run_id", "class_weights") else "right",
+                         no_wrap=True)
+    for row in rows:
+        table.add_row(*[_cell(row.get(c)) for c in HEADERS])
+    return table
+
+
+def _cell(value: Any) -> str:
+    if value in (None, ""):
+        return "-"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if number.is_integer() and abs(number) >= 1:
+        return str(int(number))
+    return f"{number:.4g}" if abs(number) < 1e-2 else f"{number:.4f}".rstrip("0").rstrip(".")
+
+
+def markdown_table(rows: list[dict[str, Any]], cols: list[str] = SUMMARY_COLUMNS) -> str:
+    lines = ["| " + " | ".join(c.replace("_", " ") for c in cols) + " |",
+             "|" + "|".join(" --- " if c in ("run_id", "name", "class_weights") else " ---: " for c in cols) + "|"]
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _result_row(result) -> dict[str, Any]:
+    cfg = json.loads((result.model_dir / "training_run.json").read_text())["config"]
+    return {
+        "run_id": result.run_id, "name": cfg["name"], "learning_rate": cfg["learning_rate"],
+        "freeze_layers": cfg["freeze_layers"], "class_weights": cfg["class_weights"],
+        "val_macro_recall": result.validation["macro_recall"], "test_accuracy": result.test.get("accuracy"),
+        "test_macro_f1": result.test.get("macro_f1"), "test_macro_recall": result.test.get("macro_recall"),
+        "train_samples_per_s": result.timing["train_samples_per_s"], "wall_time_s": result.timing["wall_time_s"],
+    }
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="experiment YAML (see configs/)")],
+    run_root: RunRoot = DEFAULT_RUNS,
+    tracker: TrackerCsv = None,
+    set_: SetOpt = None,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="continue this run id from its latest checkpoint")
+    ] = None,
+) -> None:
+    """Fine-tune one experiment config and write its run directory.
+
+    Example: sentiment train configs/baseline.yaml --set learning_rate=2e-5
+    """
+    from training.config import load_config
+    from training.train import run_experiment
+
+    try:
+        cfg = load_config(config, parse_overrides(set_))
+        console.print(f"[bold]train[/bold] {cfg.name}: {cfg.base_model}, lr {cfg.learning_rate:g}, "
+                      f"freeze {cfg.freeze_layers}, class weights {cfg.class_weights}")
+        result = run_experiment(cfg, run_root, run_id=resume, resume=resume is not None, tracker_csv=tracker)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        _fail(err)
+        return
+    t = result.test or result.validation
+    scope = "test" if result.test else "validation"
+    console.print(f"[bold]{result.run_id}[/bold] {scope}: accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}, "
+                  f"macro recall {t['macro_recall']:.4f} (validation macro recall "
+                  f"{result.validation['macro_recall']:.4f}, best step {result.best_step})")
+    console.print(f"training {result.timing['train_samples_per_s']} samples/s, wall {result.timing['wall_time_s']} s")
+    console.print(f"run dir: {result.run_dir}\nmodel:   {result.model_dir}")
+
+
+@app.command()
+def sweep(
+    source: Annotated[Path, typer.Argument(help="a folder of experiment YAMLs, or a sweep file with base + grid/runs")],
+    run_root: RunRoot = DEFAULT_RUNS,
+    tracker: TrackerCsv = None,
+    set_: SetOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="validate and list the runs, train nothing")] = False,
+    keep_going: Annotated[bool, typer.Option("--keep-going", help="continue after a failed run")] = False,
+) -> None:
+    """Run several configs in order and print how they compare.
+
+    Example: sentiment sweep configs/sweep.yaml --set data.max_train_samples=2000
+    """
+    from training.sweep import expand_sweep
+    from training.train import run_experiment
+
+    try:
+        configs = expand_sweep(source, parse_overrides(set_))
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+        return
+    console.print(f"[bold]sweep[/bold] {source}: {len(configs)} runs: " + ", ".join(c.name for c in configs))
+    if dry_run:
+        return
+    rows: list[dict[str, Any]] = []
+    for i, cfg in enumerate(configs, start=1):
+        console.rule(f"run {i}/{len(configs)}: {cfg.name}")
+        try:
+            rows.append(_result_row(run_experiment(cfg, run_root, tracker_csv=tracker)))
+        except Exception as err:  # noqa: BLE001 - report and optionally continue with the next config
+            console.print(f"{cfg.name} failed: {err}", style="red", markup=False, soft_wrap=True)
+            if not keep_going:
+                raise typer.Exit(code=1) from None
+    rows.sort(key=lambda r: -(r["test_macro_recall"] or 0))
+    console.print(_summary_table(rows, f"sweep {source} (best test macro recall first)"))
+
+
+@app.command()
+def evaluate(
+    model_dir: Annotated[Path, typer.Argument(help="saved model directory (a run's model/)")],
+    data: Annotated[str, typer.Argument(help="labelled CSV/JSONL file or TweetEval folder (shared:... works)")],
+    split: Annotated[str, typer.Option(help="split to score when DATA is a TweetEval folder")] = "test",
+    format: Annotated[str, typer.Option("--format", help="auto, csv, jsonl or tweeteval")] = "auto",
+    text_column: Annotated[str, typer.Option(help="column holding the text")] = "text",
+    label_column: Annotated[str, typer.Option(help="column holding the label")] = "label",
+    label_map: Annotated[str | None, typer.Option(help="raw=class pairs, e.g. 'bad=negative,good=positive'")] = None,
+    batch_size: Annotated[int, typer.Option(help="texts per forward pass")] = 64,
+    out: Annotated[Path | None, typer.Option(help="write metrics.json, report and confusion matrix here")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON")] = False,
+) -> None:
+    """Score a saved model on any labelled file.
+
+    Example: sentiment evaluate runs/<run>/model shared:tweeteval_sentiment --split test
+    """
+    from training.evaluate import DataSpec, evaluate_model
+
+    mapping = None
+    if label_map:
+        mapping = dict(pair.split("=", 1) for pair in label_map.split(",") if "=" in pair)
+    spec = DataSpec(path=data, format=format, text_column=text_column, label_column=label_column,
+                    label_map=mapping, split=split)
+    try:
+        result = evaluate_model(model_dir, spec, batch_size=batch_size, out_dir=out)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+        return
+    if as_json:
+        console.print_json(json.dumps(result))
+        return
+    table = Table(title=f"{model_dir} on {data} ({result['rows']} rows)")
+    for col in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(col, justify="right")
+    for name, s in result["per_class"].items():
+        table.add_row(name, f"{s['precision']:.4f}", f"{s['recall']:.4f}", f"{s['f1']:.4f}", str(s["support"]))
+    console.print(table)
+    console.print(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  "
+                  f"macro recall {result['macro_recall']:.4f}  ({result['samples_per_s']} texts/s)")
+
+
+@app.command()
+def experiments(
+    run_root: RunRoot = DEFAULT_RUNS,
+    tracker: TrackerCsv = None,
+    plot: Annotated[bool, typer.Option("--plot", help="also write a bar chart of the main test metrics")] = False,
+    plot_path: Annotated[Path | None, typer.Option(help="PNG path [default: next to the CSV]")] = None,
+    last: Annotated[int | None, typer.Option(help="only the last N runs")] = None,
+    markdown: Annotated[Path | None, typer.Option(help="also write the table as Markdown to this file")] = None,
+) -> None:
+    """List tracked runs as a table (and optionally plot them).
+
+    Example: sentiment experiments --plot --last 6
+    """
+    from training.tracker import plot_runs, read_runs
+
+    csv_path = tracker or run_root / "experiments.csv"
+    rows = read_runs(csv_path)
+    if not rows:
+        console.print(f"no runs recorded in {csv_path}; train one with `sentiment train configs/demo.yaml`")
+        return
+    if last:
+        rows = rows[-last:]
+    console.print(_summary_table(rows, f"experiments ({csv_path})"))
+    if markdown:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(markdown_table(rows), encoding="utf-8")
+        console.print(f"markdown: {markdown}")
+    if plot:
+        png = plot_runs(rows, plot_path or csv_path.with_suffix(".png"))
+        console.print(f"plot: {png}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

