@@ -130,7 +130,7 @@ def redis_total(settings: Settings, tag: str) -> int:
 
 
 def wait_for(settings: Settings, tag: str, target: int, worker: psutil.Process, timeout: float,
-             rss: list[float]) -> tuple[float, int, float]:
+             rss: list[float], log_path: Path) -> tuple[float, int, float]:
     """Poll until `target` rows: (time first row seen, rows then, time target reached)."""
     first_t, first_n = 0.0, 0
     deadline = time.monotonic() + timeout
@@ -139,6 +139,8 @@ def wait_for(settings: Settings, tag: str, target: int, worker: psutil.Process, 
             n = stored_count(settings, tag)
             now = time.perf_counter()
             bar.update(n - bar.n)
+            if not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE:
+                raise SystemExit(f"the worker exited; its log:\n{log_path.read_text()[-3000:]}")
             rss.append(worker.memory_info().rss / 2**20)
             if n and not first_t:
                 first_t, first_n = now, n
@@ -190,7 +192,7 @@ def main() -> None:
         rss: list[float] = []
         try:
             worker = psutil.Process(proc.pid)
-            first_t, first_n, last_t = wait_for(settings, tag, len(texts), worker, 3600, rss)
+            first_t, first_n, last_t = wait_for(settings, tag, len(texts), worker, 3600, rss, log_path)
             e2e = (len(texts) - first_n) / (last_t - first_t)
             log(f"end to end: {e2e:.1f} ev/s")
 
@@ -199,7 +201,7 @@ def main() -> None:
             n_lat = max(50, int(rate * args.latency_seconds))
             sent_at = produce(settings, texts[:n_lat], tag, start=len(texts), rate=rate,
                               desc=f"latency phase at {rate:.0f} ev/s")
-            wait_for(settings, tag, len(texts) + n_lat, worker, 600, rss)
+            wait_for(settings, tag, len(texts) + n_lat, worker, 600, rss, log_path)
             with get_engine(settings.postgres.url.get_secret_value()).connect() as conn:
                 done = dict(conn.execute(select(t.c.review_id, t.c.processed_at).where(
                     t.c.review_id.in_(list(sent_at)))).all())

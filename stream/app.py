@@ -57,11 +57,13 @@ def _raw(event: faust.types.EventT) -> RawRecord:
 
 def create_app(settings: Settings) -> faust.App:
     w, k = settings.worker, settings.kafka
+    datadir = Path(tempfile.gettempdir()) / "sentiment-faust" / w.app_id  # no tables: nothing to keep
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         w.app_id,
         broker=[f"kafka://{host}" for host in k.bootstrap_servers.split(",")],
         store="memory://",
-        datadir=Path(tempfile.gettempdir()) / "sentiment-faust" / w.app_id,  # no tables: nothing to keep
+        datadir=datadir,
         consumer_auto_offset_reset="earliest",
         topic_disable_leader=True,
         broker_session_timeout=w.session_timeout_s,
