@@ -22,40 +22,34 @@ MAX_MESSAGE_BYTES = 2 * 1024 * 1024  # the DLQ topic's limit: a source record at
 
 @dataclass(frozen=True)
 class DeadLetter:
+    record: RawRecord  # the original record, byte for byte
     reason: str
     detail: str
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int | None
-    key: bytes | None
-    value: bytes | None
     failed_at_ms: int
 
     @classmethod
     def of(cls, record: RawRecord, rejection: Rejection) -> DeadLetter:
-        return cls(rejection.reason, rejection.detail, record.topic, record.partition, record.offset,
-                   record.timestamp_ms, record.key, record.value, int(time.time() * 1000))
+        return cls(record, rejection.reason, rejection.detail, int(time.time() * 1000))
 
     @property
     def position(self) -> str:
-        return f"{self.topic}:{self.partition}:{self.offset}"
+        return self.record.position
 
     def raw_value(self) -> bytes | None:
-        return self.value
+        return self.record.value
 
     def headers(self) -> list[tuple[str, bytes]]:
-        fields = {"reason": self.reason, "detail": self.detail[:2000], "topic": self.topic,
-                  "partition": self.partition, "offset": self.offset, "timestamp_ms": self.timestamp_ms or "",
-                  "failed_at_ms": self.failed_at_ms}
+        r = self.record
+        fields = {"reason": self.reason, "detail": self.detail[:2000], "topic": r.topic, "partition": r.partition,
+                  "offset": r.offset, "timestamp_ms": r.timestamp_ms or "", "failed_at_ms": self.failed_at_ms}
         return [(f"dlq.{k}", str(v).encode("utf-8", "replace")) for k, v in fields.items()]
 
     @classmethod
     def from_record(cls, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> DeadLetter:
         h = {k.removeprefix("dlq."): v.decode("utf-8", "replace") for k, v in headers or [] if k.startswith("dlq.")}
-        return cls(h.get("reason", "unknown"), h.get("detail", ""), h.get("topic", "?"), int(h.get("partition", -1)),
-                   int(h.get("offset", -1)), int(h["timestamp_ms"]) if h.get("timestamp_ms") else None, key, value,
-                   int(h.get("failed_at_ms", 0)))
+        ts = int(h["timestamp_ms"]) if h.get("timestamp_ms") else None
+        source = RawRecord(h.get("topic", "?"), int(h.get("partition", -1)), int(h.get("offset", -1)), ts, key, value)
+        return cls(source, h.get("reason", "unknown"), h.get("detail", ""), int(h.get("failed_at_ms", 0)))
 
 
 class DeadLetterWriter:
@@ -66,7 +60,8 @@ class DeadLetterWriter:
         self.producer = KafkaProducer(acks="all", linger_ms=5, max_request_size=MAX_MESSAGE_BYTES, **client_options)
 
     def write(self, letters: Iterable[DeadLetter], timeout_s: float = 30.0) -> int:
-        futures = [self.producer.send(self.topic, key=d.key, value=d.value, headers=d.headers()) for d in letters]
+        futures = [self.producer.send(self.topic, key=d.record.key, value=d.record.value, headers=d.headers())
+                   for d in letters]
         self.producer.flush(timeout=timeout_s)
         for f in futures:
             f.get(timeout=timeout_s)  # raises the send's error, if any

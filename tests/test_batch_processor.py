@@ -105,5 +105,5 @@ def test_a_row_postgres_refuses_is_dead_lettered_and_the_rest_stored(topics: Set
         ids = {r for (r,) in conn.execute(select(t.c.review_id).where(t.c.source == f"s-{uid}"))}
     assert ids == {f"{uid}-{i}" for i in (0, 1, 2, 4, 5)}
     letters = read_dead_letters(topics.kafka.dlq_topic, topics.kafka.client_options())
-    assert [(d.reason, d.offset) for d in letters] == [("storage_rejected", 3)]
+    assert [(d.reason, d.record.offset) for d in letters] == [("storage_rejected", 3)]
     assert "review_sentiment_label_check" in letters[0].detail
