@@ -100,6 +100,45 @@ def trend_counters(settings: Settings) -> TrendCounters:
                                   hour_ttl_s=r.hour_ttl_s)
 
 
+def check_workers(settings: Settings) -> Health:
+    """The consumer group's members and how far behind the reviews topic it is."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    group, topic = settings.worker.app_id, settings.kafka.reviews_topic
+    admin = kafka_admin(settings)
+    consumer = KafkaConsumer(**settings.kafka.client_options())
+    try:
+        described = admin.describe_groups([group])[group]
+        committed = admin.list_group_offsets(group).get(group, {})
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        end = consumer.end_offsets(tps) if tps else {}
+        lag = sum(end[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps)
+    except KafkaError as e:
+        raise ServiceUnavailable("Kafka", settings.kafka.bootstrap_servers, e) from None
+    finally:
+        admin.close()
+        consumer.close()
+    members = len(described.get("members") or [])
+    detail = f"group {group}: {members} worker(s), {described.get('group_state')}, lag {lag}"
+    if not members:
+        detail += " (start one: sentiment worker)"
+    return Health("Workers", group, members > 0, detail)
+
+
+def check_model(settings: Settings) -> Health:
+    """Which model a worker started now would serve."""
+    from stream.predictor import model_version, resolve_model_dir
+
+    try:
+        path = resolve_model_dir(settings)
+    except FileNotFoundError as e:
+        return Health("Model", str(settings.models_dir / "current"), False, str(e).split(":", 1)[0]
+                      + " (run `make demo` or `sentiment train ...`)")
+    ok = (path / "config.json").exists()
+    return Health("Model", str(path), ok, f"version {settings.model.version or model_version(path)}" if ok
+                  else "config.json missing")
+
+
 def create_topics(settings: Settings, partitions: int | None = None) -> list[str]:
     """Create the reviews and dead-letter topics if missing; returns those created."""
     k = settings.kafka

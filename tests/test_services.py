@@ -58,14 +58,17 @@ def test_redis_round_trip() -> None:
 
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stream", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "stream", *args], cwd=REPO, env={**env, "COLUMNS": "200"},
+                          capture_output=True,
                           text=True, timeout=60)
 
 
 def test_status_reports_healthy_stack(topics: Settings) -> None:
     result = _cli(["status"], settings_env(topics))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert len(re.findall(r"│ ok\s+│", result.stdout)) == 3, result.stdout
+    for service in ("Kafka", "Postgres", "Redis", "Model"):
+        assert re.search(rf"│ {service}\s+│[^│]+│ ok ", result.stdout), result.stdout
+    assert re.search(r"│ Workers\s+│[^│]+│ degraded │.*0 worker", result.stdout), result.stdout  # none running
 
 
 def test_service_down_names_service_address_and_fix(settings: Settings) -> None:
@@ -86,4 +89,4 @@ def test_service_down_names_service_address_and_fix(settings: Settings) -> None:
         assert "Traceback" not in result.stderr
     status = _cli(["status"], env)
     assert status.returncode == 1
-    assert status.stdout.count("DOWN") == 3
+    assert status.stdout.count("DOWN") == 4  # Kafka, Postgres, Redis and the workers (via Kafka)
