@@ -199,7 +199,7 @@ def main() -> None:
             # Latency at a steady half load: produce time -> row committed (processed_at).
             rate = e2e / 2
             n_lat = max(50, int(rate * args.latency_seconds))
-            sent_at = produce(settings, texts[:n_lat], tag, start=len(texts), rate=rate,
+            sent_at = produce(settings, tweet_texts(n_lat), tag, start=len(texts), rate=rate,
                               desc=f"latency phase at {rate:.0f} ev/s")
             wait_for(settings, tag, len(texts) + n_lat, worker, 600, rss, log_path)
             with get_engine(settings.postgres.url.get_secret_value()).connect() as conn:

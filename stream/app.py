@@ -5,6 +5,14 @@ so that nothing is acknowledged until ``BatchProcessor.process`` has returned, i
 record of the batch is a row in Postgres and counted in Redis, or a dead letter. A crash before
 that replays the batch; the sinks are idempotent. One actor per agent: scale with partitions and
 worker processes (concurrency > 1 can commit past an event still in flight).
+
+Model: ``SENTIMENT_MODEL__DIR`` when set (served as is, the registry is not followed); else the
+registry's production version, else ``models_dir/current``. Unless a dir is pinned, the worker
+follows the registry: between batches, at most every ``reload_interval_s``, it checks which version is
+production and switches to it before the next batch (``stream.pipeline.ModelFollower``).
+
+With ``overlap_io`` (default: on with a GPU) batch N is stored on a second thread while batch N+1 is
+labelled; acknowledgements still happen in order, each only after its batch is stored.
 """
 
 from __future__ import annotations
@@ -18,34 +26,80 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faust
+from sqlalchemy import Engine
 
-from storage.db import get_engine, safe_address
+from storage.db import get_engine, is_transient, safe_address
+from storage.registry import ModelRef
 from stream import metrics
 from stream.dlq import DeadLetterWriter
 from stream.events import RawRecord
-from stream.pipeline import BatchProcessor, Retrier, Stopping
-from stream.predictor import Predictor, resolve_model_dir
+from stream.pipeline import BatchProcessor, BatchResult, ModelFollower, Retrier, Stopping
+from stream.predictor import model_version, predictor_from_settings, resolve_model_dir
 from stream.services import redis_address, trend_counters
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
+def registry_production(engine: Engine) -> ModelRef | None:
+    """The registry's production version whose artifact is readable here, else None."""
+    from storage import registry
+
+    ref = registry.production(engine)
+    if ref is not None and not (ref.artifact_dir / "config.json").exists():
+        log.warning("production model %s: %s is not readable on this machine (is the model store shared?)",
+                    ref.version, ref.artifact_dir)
+        return None
+    return ref
+
+
+def _startup_model(settings: Settings, engine: Engine, retrier: Retrier) -> ModelRef:
+    """The model to start with: the pinned dir, else the registry's production, else models_dir/current."""
+    from sqlalchemy import exc as sa_exc
+
+    if settings.model.dir is None:
+        try:
+            ref = retrier("Postgres (model registry)", lambda: registry_production(engine), is_transient)
+        except sa_exc.ProgrammingError:
+            log.warning("no model registry in Postgres yet (run `sentiment init`); using %s/current",
+                        settings.models_dir)
+            ref = None
+        if ref is not None:
+            return ref
+    model_dir = resolve_model_dir(settings)
+    return ModelRef(settings.model.version or model_version(model_dir), model_dir)
+
+
 def build_processor(settings: Settings, stop: threading.Event) -> BatchProcessor:
     m = settings.model
-    predictor = Predictor(resolve_model_dir(settings), device=m.device, max_length=m.max_length,
-                          batch_size=m.batch_size, threads=m.threads, version=m.version)
     pg_url = settings.postgres.url.get_secret_value()
+    engine = get_engine(pg_url)
+    retrier = Retrier(settings.worker.retry_max_backoff_s, stop)
+    start = _startup_model(settings, engine, retrier)
+    predictor = predictor_from_settings(m, start.artifact_dir, start.version)
+    follower = None
+    if m.dir is not None:
+        log.info("serving SENTIMENT_MODEL__DIR=%s as %s; not following the model registry", m.dir, predictor.version)
+    else:
+        follower = ModelFollower(
+            production=lambda: registry_production(engine),
+            load=lambda ref: predictor_from_settings(m, ref.artifact_dir, ref.version),
+            interval_s=settings.worker.reload_interval_s,
+            on_swap=metrics.set_model,
+        )
+        log.info("following the model registry's production version (checked every %.0fs)",
+                 settings.worker.reload_interval_s)
     return BatchProcessor(
         predictor=predictor,
-        engine=get_engine(pg_url),
+        engine=engine,
         trends=trend_counters(settings),
         dead_letters=DeadLetterWriter(settings.kafka.dlq_topic, settings.kafka.client_options()),
         max_text_chars=settings.worker.max_text_chars,
         max_metadata_bytes=settings.worker.max_metadata_bytes,
-        retrier=Retrier(settings.worker.retry_max_backoff_s, stop),
+        retrier=retrier,
         postgres_address=safe_address(pg_url),
         redis_address=redis_address(settings.redis.url.get_secret_value()),
+        follower=follower,
     )
 
 
@@ -62,6 +116,7 @@ def create_app(settings: Settings) -> faust.App:
     app = faust.App(
         w.app_id,
         broker=[f"kafka://{host}" for host in k.bootstrap_servers.split(",")],
+        broker_credentials=k.faust_credentials(),
         store="memory://",
         datadir=datadir,
         consumer_auto_offset_reset="earliest",
@@ -73,9 +128,18 @@ def create_app(settings: Settings) -> faust.App:
     )
     topic = app.topic(k.reviews_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw")
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")  # judge + label (+ store)
+    store_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")  # store, with overlap_io
     stop = threading.Event()
     state: dict[str, BatchProcessor] = {}
+
+    def observe(events: list[faust.types.EventT], records: list[RawRecord], result: BatchResult) -> None:
+        metrics.observe_batch(records, result.labelled, result.dead_lettered, result.infer_s, result.total_s)
+        last_offsets = {e.message.tp: e.message.offset for e in events}
+        for tp, offset in last_offsets.items():
+            metrics.observe_lag(tp.topic, tp.partition, app.consumer.highwater(tp), offset)
+        log.info("batch of %d: %d labelled, %d dead-lettered in %.0f ms (model %.0f ms)", len(events),
+                 result.labelled, result.dead_lettered, result.total_s * 1000, result.infer_s * 1000)
 
     @app.agent(topic, concurrency=1)
     async def classify(stream: faust.StreamT) -> None:
@@ -85,21 +149,33 @@ def create_app(settings: Settings) -> faust.App:
             metrics.serve(w.metrics_port)
             metrics.set_model(state["processor"].predictor.version)
         processor = state["processor"]
-        async for events in stream.noack_take(w.batch_max, within=w.batch_within_s):
-            records = [_raw(e) for e in events]
-            try:
-                result = await loop.run_in_executor(executor, processor.process, records)
-            except Stopping:
-                log.warning("stopping with a batch of %d unacknowledged; it will be replayed", len(events))
-                return
+        overlap = w.overlap_io == "on" or (w.overlap_io == "auto" and processor.predictor.device.type == "cuda")
+        log.info("micro-batches of up to %d events; storing %s labelling", w.batch_max,
+                 "overlapped with" if overlap else "after")
+
+        async def store_and_ack(events: list[faust.types.EventT], records: list[RawRecord], labelled) -> None:
+            result = await loop.run_in_executor(store_executor if overlap else executor, processor.store, labelled)
             for event in events:
                 await stream.ack(event)
-            metrics.observe_batch(records, result.labelled, result.dead_lettered, result.infer_s, result.total_s)
-            last_offsets = {e.message.tp: e.message.offset for e in events}
-            for tp, offset in last_offsets.items():
-                metrics.observe_lag(tp.topic, tp.partition, app.consumer.highwater(tp), offset)
-            log.info("batch of %d: %d labelled, %d dead-lettered in %.0f ms (model %.0f ms)", len(events),
-                     result.labelled, result.dead_lettered, result.total_s * 1000, result.infer_s * 1000)
+            observe(events, records, result)
+
+        pending: asyncio.Future[None] | None = None  # the previous batch's store (overlap_io only)
+        try:
+            async for events in stream.noack_take(w.batch_max, within=w.batch_within_s):
+                records = [_raw(e) for e in events]
+                labelled = await loop.run_in_executor(executor, processor.label, records)
+                if pending is not None:  # one store in flight at most; acks stay in batch order
+                    await pending
+                    pending = None
+                if overlap:
+                    pending = asyncio.ensure_future(store_and_ack(events, records, labelled))
+                else:
+                    await store_and_ack(events, records, labelled)
+        except Stopping:
+            log.warning("stopping with a batch unacknowledged; it will be replayed")
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
 
     @app.on_before_shutdown.connect
     async def _stop_retrying(app: faust.App, **kwargs: object) -> None:

@@ -6,14 +6,12 @@ import csv
 from collections.abc import Callable
 from pathlib import Path
 
-from stream.predictor import Predictor, resolve_model_dir
+from stream.predictor import Predictor, predictor_from_settings, resolve_model_dir
 from stream.settings import Settings
 
 
 def load_predictor(settings: Settings, model_dir: Path | None = None) -> Predictor:
-    m = settings.model
-    return Predictor(model_dir or resolve_model_dir(settings), device=m.device, max_length=m.max_length,
-                     batch_size=m.batch_size, threads=m.threads, version=m.version)
+    return predictor_from_settings(settings.model, model_dir or resolve_model_dir(settings))
 
 
 def classify_csv(predictor: Predictor, src: Path, dst: Path, text_col: str = "text", chunk: int = 256,

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from stream.models_cli import app as models_app
 from stream.services import ServiceUnavailable
 from stream.settings import get_settings
 
@@ -251,26 +252,25 @@ def dashboard(
 
 @app.command()
 def status() -> None:
-    """Health of Kafka, Postgres and Redis in one table; exits 1 if any is down.
+    """Health of Kafka, Postgres, Redis, the workers and the model in one table; exits 1 if a service is down.
 
     Example: sentiment status
     """
-    from stream.services import check_kafka, check_postgres, check_redis
+    from stream.services import check_kafka, check_model, check_postgres, check_redis, check_workers
 
     s = get_settings()
     table = Table(title="sentiment stack")
     for col in ("service", "address", "state", "detail"):
         table.add_column(col)
     healthy = True
-    for check in (check_kafka, check_postgres, check_redis):
+    for check in (check_kafka, check_postgres, check_redis, check_workers, check_model):
         try:
             h = check(s)
             table.add_row(h.service, h.address, "ok" if h.ok else "degraded", h.detail)
-            healthy &= h.ok
         except ServiceUnavailable as e:
             table.add_row(e.service, e.address, "DOWN", str(e).splitlines()[0].split(": ", 1)[-1])
             healthy = False
-    console.print(table)
+    console.print(table, soft_wrap=True)
     raise typer.Exit(0 if healthy else 1)
 
 
@@ -284,6 +284,7 @@ def _mount_training() -> None:
 
 
 _mount_training()
+app.add_typer(models_app, name="models")  # sentiment models list | publish | promote | rollback
 
 
 def main() -> None:

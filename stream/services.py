@@ -126,9 +126,22 @@ def check_workers(settings: Settings) -> Health:
 
 
 def check_model(settings: Settings) -> Health:
-    """Which model a worker started now would serve."""
+    """Which model a worker started now would serve: the pinned dir, the registry's production, or current."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from storage import registry
     from stream.predictor import model_version, resolve_model_dir
 
+    if settings.model.dir is None:
+        url = settings.postgres.url.get_secret_value()
+        try:
+            ref = registry.production(get_engine(url))
+        except SQLAlchemyError:
+            ref = None  # no registry yet (or Postgres down: its own row says so)
+        if ref is not None:
+            ok = (ref.artifact_dir / "config.json").exists()
+            return Health("Model", str(ref.artifact_dir), ok, f"production {ref.version} (registry)" if ok
+                          else f"production {ref.version}: artifact not readable here")
     try:
         path = resolve_model_dir(settings)
     except FileNotFoundError as e:

@@ -1,0 +1,383 @@
+"""The model registry: every read and write of published model versions, their scores and promotions.
+
+A published version is a copy of a training run's Hugging Face model directory in the model store
+(a local or shared directory), so the run directory can be deleted. Its row in ``model_version`` says
+where that copy is, which run made it and its stage: ``candidate`` -> ``production`` -> ``archived``.
+At most one version is production (a partial unique index); workers poll for it and switch to it.
+
+Promotion is gated: the candidate and the production model are scored on the *same* named evaluation
+set (scores are kept per version and set, so each is computed once) and the candidate goes live only if
+``candidate >= production + margin``, unless forced. Every decision, promoted or not, is recorded in
+``promotion_decision`` with both scores; rollbacks are recorded there too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Identity,
+    Table,
+    Text,
+    and_,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+from storage.schema import metadata
+
+log = logging.getLogger(__name__)
+
+STAGES: tuple[str, ...] = ("candidate", "production", "archived")
+METRICS: tuple[str, ...] = ("macro_f1", "macro_recall", "accuracy")
+_LOCK_KEY = 0x5E47_0002  # pg advisory lock: one promotion / rollback at a time
+_VERSION_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+# Named evaluation sets (a DataSpec each). Any other name is read as a path to a labelled CSV/JSONL file
+# or a TweetEval folder (its test split).
+EVAL_SETS: dict[str, dict[str, str]] = {
+    "tweeteval-test": {"path": "shared:tweeteval_sentiment", "format": "tweeteval", "split": "test"},
+    "tweeteval-validation": {"path": "shared:tweeteval_sentiment", "format": "tweeteval", "split": "validation"},
+    "sample": {"path": "sample:reviews_sample.csv", "format": "csv"},
+}
+
+model_version = Table(
+    "model_version", metadata,
+    Column("version", Text, primary_key=True),
+    Column("artifact_dir", Text, nullable=False),
+    Column("run_id", Text),
+    Column("base_model", Text),
+    Column("eval_set", Text, nullable=False),
+    Column("training_metrics", JSONB, nullable=False, server_default="{}"),
+    Column("stage", Text, nullable=False, server_default="candidate"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("promoted_at", DateTime(timezone=True)),
+)
+model_evaluation = Table(
+    "model_evaluation", metadata,
+    Column("version", Text, ForeignKey("model_version.version", ondelete="CASCADE"), primary_key=True),
+    Column("eval_set", Text, primary_key=True),
+    Column("metrics", JSONB, nullable=False),
+    Column("evaluated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+promotion_decision = Table(
+    "promotion_decision", metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("action", Text, nullable=False),
+    Column("candidate", Text, ForeignKey("model_version.version"), nullable=False),
+    Column("production_before", Text, ForeignKey("model_version.version")),
+    Column("eval_set", Text),
+    Column("metric", Text),
+    Column("candidate_score", Float),
+    Column("production_score", Float),
+    Column("margin", Float),
+    Column("forced", Boolean, nullable=False),
+    Column("promoted", Boolean, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("decided_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+Evaluator = Callable[[Path, str], dict[str, Any]]
+
+
+class RegistryError(ValueError):
+    """A registry operation that cannot be done as asked; the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a worker needs to serve a version."""
+
+    version: str
+    artifact_dir: Path
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: str
+    stage: str
+    artifact_dir: Path
+    run_id: str | None
+    base_model: str | None
+    eval_set: str
+    score: float | None  # the default metric on its own eval set
+    created_at: datetime
+    promoted_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # promote | rollback
+    candidate: str
+    production_before: str | None
+    promoted: bool
+    reason: str
+    eval_set: str | None = None
+    metric: str | None = None
+    candidate_score: float | None = None
+    production_score: float | None = None
+    margin: float | None = None
+    forced: bool = False
+
+
+# --- evaluation -------------------------------------------------------------------------------------
+
+def eval_spec(name: str):  # -> training.evaluate.DataSpec (imported lazily: the worker needs no training deps)
+    """The DataSpec behind an evaluation-set name (a built-in name, or a path to labelled data)."""
+    from training.evaluate import DataSpec
+    from training.paths import resolve_path
+
+    spec = DataSpec(**EVAL_SETS[name]) if name in EVAL_SETS else DataSpec(path=name)
+    if not resolve_path(spec.path).exists():
+        known = ", ".join(EVAL_SETS)
+        raise RegistryError(f"evaluation set {name!r}: {resolve_path(spec.path)} not found; use one of {known} "
+                            "(tweeteval-* need $SENTIMENT_SHARED_DATA or ../shared/data) or a labelled CSV/JSONL path")
+    return spec
+
+
+def evaluate_on(model_dir: Path, eval_set: str) -> dict[str, Any]:
+    """Score a model on a named evaluation set with the training package's evaluator (same metrics as a run)."""
+    from training.evaluate import evaluate_model
+
+    result = evaluate_model(model_dir, eval_spec(eval_set))
+    return json.loads(json.dumps(result, default=str))  # plain JSON for the jsonb column
+
+
+# --- reads --------------------------------------------------------------------------------------------
+
+def production(engine: Engine) -> ModelRef | None:
+    """The production version (one indexed row lookup: workers call this every few seconds)."""
+    with engine.connect() as conn:
+        return _production(conn)
+
+
+def _production(conn: Connection) -> ModelRef | None:
+    row = conn.execute(select(model_version.c.version, model_version.c.artifact_dir)
+                       .where(model_version.c.stage == "production")).first()
+    return ModelRef(row.version, Path(row.artifact_dir)) if row else None
+
+
+def get_version(engine: Engine, version: str) -> VersionInfo:
+    found = [v for v in list_versions(engine, version) if v.version == version]
+    if not found:
+        raise RegistryError(f"no published model version {version!r}; `sentiment models list` shows them, "
+                            "`sentiment models publish RUN_DIR` adds one")
+    return found[0]
+
+
+def list_versions(engine: Engine, only: str | None = None, metric: str = "macro_f1") -> list[VersionInfo]:
+    """Every version (newest first) with its score on the evaluation set it was published with."""
+    mv, ev = model_version, model_evaluation
+    query = (select(mv, ev.c.metrics)
+             .outerjoin(ev, and_(ev.c.version == mv.c.version, ev.c.eval_set == mv.c.eval_set))
+             .order_by(mv.c.created_at.desc(), mv.c.version))
+    if only is not None:
+        query = query.where(mv.c.version == only)
+    with engine.connect() as conn:
+        return [VersionInfo(r.version, r.stage, Path(r.artifact_dir), r.run_id, r.base_model, r.eval_set,
+                            (r.metrics or {}).get(metric), r.created_at, r.promoted_at)
+                for r in conn.execute(query)]
+
+
+def evaluation(engine: Engine, version: str, eval_set: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        return conn.execute(select(model_evaluation.c.metrics).where(
+            model_evaluation.c.version == version, model_evaluation.c.eval_set == eval_set)).scalar()
+
+
+def decisions(engine: Engine, limit: int = 20) -> list[dict[str, Any]]:
+    """The latest promotion decisions and rollbacks, newest first."""
+    pd = promotion_decision
+    with engine.connect() as conn:
+        rows = conn.execute(select(pd).order_by(pd.c.decided_at.desc(), pd.c.id.desc()).limit(limit))
+        return [dict(r._mapping) for r in rows]
+
+
+def save_evaluation(engine: Engine, version: str, eval_set: str, metrics: dict[str, Any]) -> None:
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+    stmt = pg_insert(model_evaluation).values(version=version, eval_set=eval_set, metrics=metrics)
+    stmt = stmt.on_conflict_do_update(index_elements=["version", "eval_set"],
+                                      set_={"metrics": stmt.excluded.metrics, "evaluated_at": func.now()})
+    with engine.begin() as conn:
+        conn.execute(stmt)
+
+
+def score(engine: Engine, ref: ModelRef, eval_set: str, metric: str, evaluate: Evaluator = evaluate_on) -> float:
+    """The version's metric on the set: stored if known, else evaluated now and stored."""
+    metrics = evaluation(engine, ref.version, eval_set)
+    if metrics is None:
+        if not (ref.artifact_dir / "config.json").exists():
+            raise RegistryError(f"{ref.version}: artifact {ref.artifact_dir} is missing, so it cannot be scored on "
+                                f"{eval_set!r}; restore the model store or promote with --force")
+        log.info("scoring %s on %s", ref.version, eval_set)
+        metrics = evaluate(ref.artifact_dir, eval_set)
+        save_evaluation(engine, ref.version, eval_set, metrics)
+    if metric not in metrics:
+        raise RegistryError(f"metric {metric!r} unknown; use one of {', '.join(METRICS)}")
+    return float(metrics[metric])
+
+
+# --- writes -------------------------------------------------------------------------------------------
+
+def _model_dir(path: Path) -> Path:
+    """A run directory (with model/) or a model directory itself."""
+    for candidate in (path / "model", path):
+        if (candidate / "config.json").exists():
+            return candidate
+    raise RegistryError(f"{path}: no model found (neither {path / 'model'} nor {path} has a config.json); give a "
+                        "training run directory such as runs/<run_id>, after `sentiment train` has finished")
+
+
+def publish(engine: Engine, run_dir: Path, store_dir: Path, eval_set: str, version: str | None = None,
+            evaluate: Evaluator = evaluate_on) -> VersionInfo:
+    """Copy a run's model into the store, score it on ``eval_set`` and register it as a candidate."""
+    src = _model_dir(Path(run_dir))
+    info_file = src / "training_run.json"
+    run: dict[str, Any] = json.loads(info_file.read_text()) if info_file.exists() else {}
+    version = version or run.get("run_id") or (src.parent.name if src.name == "model" else src.name)
+    if not _VERSION_RE.match(version):
+        raise RegistryError(f"version {version!r}: use letters, digits, '.', '_' or '-' (pass --version)")
+    with engine.connect() as conn:
+        if conn.execute(select(model_version.c.stage).where(model_version.c.version == version)).first():
+            raise RegistryError(f"version {version!r} is already published; pass --version to publish it again "
+                                "under another name")
+    eval_spec(eval_set)  # fail before copying if the set does not exist
+    store_dir.mkdir(parents=True, exist_ok=True)
+    target = store_dir / version
+    if target.exists():
+        raise RegistryError(f"{target} exists but is not registered (an interrupted publish?); remove it and retry")
+    tmp = store_dir / f".tmp-{version}-{uuid.uuid4().hex[:6]}"
+    shutil.copytree(src, tmp)
+    try:
+        tmp.rename(target)  # atomic: the store never holds half a model under a version's name
+        metrics = evaluate(target, eval_set)
+        with engine.begin() as conn:
+            conn.execute(insert(model_version).values(
+                version=version, artifact_dir=str(target.resolve()), run_id=run.get("run_id"),
+                base_model=(run.get("config") or {}).get("base_model"), eval_set=eval_set,
+                training_metrics=run.get("test_metrics") or {}))
+            conn.execute(insert(model_evaluation).values(version=version, eval_set=eval_set, metrics=metrics))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    log.info("published %s -> %s (%s on %s: %s)", version, target, "macro_f1", eval_set, metrics.get("macro_f1"))
+    return get_version(engine, version)
+
+
+def promote(engine: Engine, version: str, *, eval_set: str | None = None, metric: str = "macro_f1",
+            margin: float = 0.0, force: bool = False, evaluate: Evaluator = evaluate_on) -> Decision:
+    """Make ``version`` production if it scores at least production + margin on the same set (or if forced).
+
+    Scoring happens before the transaction (it can take a minute); the transaction then checks that
+    production has not changed meanwhile, switches stages and records the decision, promoted or not.
+    """
+    if metric not in METRICS:
+        raise RegistryError(f"metric {metric!r} unknown; use one of {', '.join(METRICS)}")
+    cand = get_version(engine, version)
+    if cand.stage == "production":
+        raise RegistryError(f"{version} is already production")
+    eval_set = eval_set or cand.eval_set
+    prod = production(engine)
+    cand_ref = ModelRef(cand.version, cand.artifact_dir)
+    if force:  # an operator's override: use the scores we have, compute nothing
+        cand_score = _known(engine, cand.version, eval_set, metric)
+        prod_score = _known(engine, prod.version, eval_set, metric) if prod else None
+    else:
+        cand_score = score(engine, cand_ref, eval_set, metric, evaluate)
+        prod_score = score(engine, prod, eval_set, metric, evaluate) if prod else None
+
+    if prod is None:
+        promoted, reason = True, "no production model yet"
+    elif prod_score is not None and cand_score is not None and cand_score >= prod_score + margin:
+        promoted, reason = True, f"{metric} {cand_score:.4f} >= {prod_score:.4f} + margin {margin:g}"
+    elif force:
+        promoted, reason = True, "forced" + (f": {metric} {cand_score:.4f} vs {prod_score:.4f}"
+                                             if cand_score is not None and prod_score is not None else "")
+    else:
+        promoted, reason = False, f"{metric} {cand_score:.4f} < {prod_score:.4f} + margin {margin:g}"
+
+    decision = Decision("promote", version, prod.version if prod else None, promoted, reason, eval_set, metric,
+                        cand_score, prod_score, margin, force)
+    with engine.begin() as conn:
+        conn.execute(select(func.pg_advisory_xact_lock(_LOCK_KEY)))
+        now_prod = _production(conn)
+        if (now_prod.version if now_prod else None) != decision.production_before:
+            raise RegistryError(f"production changed to {now_prod.version if now_prod else None} while scoring; "
+                                "run the promotion again")
+        if promoted:
+            _switch(conn, now_prod.version if now_prod else None, version)
+        _record(conn, decision)
+    log.info("promotion of %s: %s (%s)", version, "promoted" if promoted else "rejected", reason)
+    return decision
+
+
+def rollback(engine: Engine) -> Decision:
+    """Archive production and bring back the version it replaced.
+
+    Productions form a stack: a promotion pushes, a rollback pops, so repeated rollbacks walk back
+    through the history (replayed from the recorded decisions, which are few).
+    """
+    pd = promotion_decision
+    with engine.begin() as conn:
+        conn.execute(select(func.pg_advisory_xact_lock(_LOCK_KEY)))
+        current = _production(conn)
+        if current is None:
+            raise RegistryError("no production model to roll back; `sentiment models promote VERSION` sets one")
+        stack: list[str] = []
+        for candidate, action in conn.execute(select(pd.c.candidate, pd.c.action).where(pd.c.promoted)
+                                              .order_by(pd.c.id)):
+            if action == "promote":
+                stack.append(candidate)
+            elif stack:
+                stack.pop()
+        if len(stack) < 2 or stack[-1] != current.version:
+            raise RegistryError(f"{current.version} replaced no earlier production version; to serve another one, "
+                                "`sentiment models promote VERSION --force`")
+        previous = stack[-2]
+        _switch(conn, current.version, previous)
+        decision = Decision("rollback", previous, current.version, True, f"rollback from {current.version}")
+        _record(conn, decision)
+    log.info("rolled back %s -> %s", current.version, previous)
+    return decision
+
+
+def _known(engine: Engine, version: str, eval_set: str, metric: str) -> float | None:
+    metrics = evaluation(engine, version, eval_set)
+    return float(metrics[metric]) if metrics and metric in metrics else None
+
+
+def _switch(conn: Connection, old: str | None, new: str) -> None:
+    """Archive the old production first: the partial unique index allows one production row at a time."""
+    if old is not None:
+        conn.execute(update(model_version).where(model_version.c.version == old).values(stage="archived"))
+    conn.execute(update(model_version).where(model_version.c.version == new)
+                 .values(stage="production", promoted_at=func.now()))
+
+
+def _record(conn: Connection, d: Decision) -> None:
+    conn.execute(insert(promotion_decision).values(
+        action=d.action, candidate=d.candidate, production_before=d.production_before, eval_set=d.eval_set,
+        metric=d.metric, candidate_score=d.candidate_score, production_score=d.production_score, margin=d.margin,
+        forced=d.forced, promoted=d.promoted, reason=d.reason))
