@@ -15,6 +15,8 @@ from storage.schema import review_sentiment as t
 from storage.trends import HOUR, MINUTE, TrendCounters
 from stream.settings import Settings
 
+FIGURES: list[dict] = []  # fault-test figures, printed at the end of the pytest run
+
 
 def produce(settings: Settings, records: list[tuple[bytes | None, bytes]]) -> None:
     producer = KafkaProducer(acks="all", max_request_size=2_000_000, **settings.kafka.client_options())

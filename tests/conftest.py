@@ -166,3 +166,14 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, on_fail
             return
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{on_fail()}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the fault tests' figures (sent, stored, lost, duplicated, recovery time) in every run's log."""
+    from tests.accounting import FIGURES
+
+    if FIGURES:
+        terminalreporter.section("fault-test figures")
+        for f in FIGURES:
+            terminalreporter.write_line(f"{f['scenario']}: " + ", ".join(f"{k}={v}" for k, v in f.items()
+                                                                          if k != "scenario"))

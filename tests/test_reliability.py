@@ -20,7 +20,7 @@ from storage.schema import review_sentiment as t
 from stream.dlq import read_dead_letters
 from stream.services import create_topics
 from stream.settings import Settings
-from tests.accounting import assert_redis_matches_sql, committed_to_end, rows_for
+from tests.accounting import FIGURES, assert_redis_matches_sql, committed_to_end, rows_for
 from tests.conftest import REPO, WorkerProcess, free_port, wait_until
 
 pytestmark = pytest.mark.chaos
@@ -75,7 +75,7 @@ def account(settings: Settings, uid: str, sent: dict[str, int], recovery_s: floa
         "duplicated": len(ids) - len(set(ids)), "redis_sql_mismatches": mismatch,
         "recovery_s": round(recovery_s, 1),
     }
-    print(f"\n{scenario}: " + ", ".join(f"{k}={v}" for k, v in figures.items() if k != "scenario"))
+    FIGURES.append(figures)  # printed in the run's summary (tests/conftest.py)
     assert (figures["lost"], figures["duplicated"], figures["redis_sql_mismatches"]) == (0, 0, 0), figures
     return figures
 
