@@ -201,7 +201,30 @@ def test_experiments_page_shows_runs_and_the_current_model(app_env: Settings, tm
     assert at.multiselect[0].value == [run_dir.name] and len(at.get("image")) == 2  # the plot and the matrix
     text = " ".join(m.value for m in at.markdown) + " ".join(i.value for i in at.info)
     assert f"`{app_env.model.version}`" in text and "SENTIMENT_MODEL__DIR" in text
-    assert "no model registry yet" in text
+    assert "Model registry" in text
+
+
+def test_experiments_page_shows_the_registry_and_production(app_env: Settings, uid: str, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy import create_engine
+
+    from storage import registry
+    from tests.registry_helpers import fake_run, registry_schema
+
+    with registry_schema(uid) as url:
+        engine = create_engine(url)
+        run = fake_run(tmp_path, "run-a", seed=1)
+        scores = lambda model_dir, eval_set: {"macro_f1": 0.5, "accuracy": 0.6}  # noqa: E731
+        ref = registry.publish(engine, run, tmp_path / "store", "sample", version=f"v-{uid}", evaluate=scores)
+        registry.promote(engine, ref.version, force=True, evaluate=scores)
+        monkeypatch.setenv("SENTIMENT_POSTGRES__URL", url)
+        at = open_page("experiments")
+        assert not at.exception and not at.error
+        text = " ".join(m.value for m in at.markdown)
+        assert f"In production: `v-{uid}`" in text
+        versions = next(d.value for d in at.dataframe if "stage" in d.value.columns)
+        assert versions[["version", "stage", "macro-F1"]].values.tolist() == [[f"v-{uid}", "production", 0.5]]
+        engine.dispose()
 
 
 def _png() -> bytes:

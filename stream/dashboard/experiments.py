@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
+from sqlalchemy import Engine
+from sqlalchemy.exc import ProgrammingError
 
-from stream.dashboard.ui import load_settings
+from stream.dashboard.ui import engine, load_settings, reaching, show_unavailable
+from stream.services import ServiceUnavailable
 from stream.settings import Settings
 
 SUMMARY = ["run_id", "name", "base_model", "test_accuracy", "test_macro_f1", "test_macro_recall", "val_macro_f1",
@@ -130,14 +133,48 @@ def _models(settings: Settings) -> None:
                     + (f" → `{current.target}`" if current.target != current.path else ""))
         if current.training_run:
             st.json(current.training_run, expanded=False)
-    st.info("There is no model registry yet. The worker and this dashboard load SENTIMENT_MODEL__DIR when it is "
-            f"set, else `{settings.models_dir / 'current'}`; to switch models, point one of them at a run's "
-            "`model/` directory and restart the worker.")
+    _registry(settings)
     models = local_models(settings.models_dir)
     if models.empty:
         st.caption(f"No model directories under `{settings.models_dir}`.")
     else:
         st.dataframe(models, hide_index=True, key="models_table")
+
+
+def registry_frames(engine: Engine) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The registry's versions (newest first) and its latest promotion decisions."""
+    from storage import registry
+
+    versions = pd.DataFrame(
+        [{"version": v.version, "stage": v.stage, "eval set": v.eval_set, "macro-F1": v.score,
+          "created": v.created_at, "promoted": v.promoted_at, "artifact": str(v.artifact_dir)}
+         for v in registry.list_versions(engine)],
+        columns=["version", "stage", "eval set", "macro-F1", "created", "promoted", "artifact"])
+    return versions, pd.DataFrame(registry.decisions(engine, limit=10))
+
+
+def _registry(settings: Settings) -> None:
+    st.markdown("**Model registry** (`sentiment models list|publish|promote|rollback`)")
+    eng, address = engine(settings)
+    try:
+        with reaching("Postgres", address):
+            versions, decisions = registry_frames(eng)
+    except ServiceUnavailable as e:
+        show_unavailable(e)
+        return
+    except ProgrammingError:
+        st.info("No model registry in this database yet: run `sentiment init`.")
+        return
+    if versions.empty:
+        st.info("No published model versions: `sentiment models publish RUN_DIR`. Workers serve "
+                f"SENTIMENT_MODEL__DIR when set, else `{settings.models_dir / 'current'}`.")
+        return
+    production = versions[versions["stage"] == "production"]["version"].tolist()
+    st.markdown(f"In production: `{production[0]}`" if production else "No version is in production.")
+    st.dataframe(versions, hide_index=True, key="registry_versions")
+    if not decisions.empty:
+        st.caption("latest promotion decisions")
+        st.dataframe(decisions, hide_index=True, key="registry_decisions")
 
 
 def render() -> None:
