@@ -179,6 +179,9 @@ def test_balanced_weights_give_each_class_equal_total_weight() -> None:
     w = balanced_weights(labels)
     totals = [w[c].item() * labels.count(c) for c in range(3)]
     assert totals == pytest.approx([totals[0]] * 3)
+    milder = balanced_weights(labels, 0.5)
+    assert milder.tolist() == pytest.approx((w**0.5).tolist())
+    assert w[0] > milder[0] > 1 > milder[2] > w[2]
 
 
 def test_class_weighted_run_trains(workdir: Path) -> None:

@@ -109,7 +109,9 @@ class ExperimentConfig(Strict):
     max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
     freeze_layers: int = Field(0, ge=0, description="number of lower transformer layers to freeze")
     freeze_embeddings: bool | None = Field(None, description="default: frozen when freeze_layers > 0")
-    class_weights: Literal["none", "balanced"] = "none"
+    class_weights: Literal["none", "balanced", "sqrt"] = Field(
+        "none", description="balanced: n / (3 * count(class)); sqrt: its square root, a milder correction"
+    )
     seed: int = 42
     eval_steps: int = Field(500, ge=1, description="evaluate (and checkpoint) every N optimizer steps")
     early_stopping_patience: int | None = Field(None, ge=1, description="evaluations without improvement")

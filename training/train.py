@@ -154,10 +154,11 @@ def _precision(config: ExperimentConfig, device: str) -> dict[str, bool]:
     return {"fp16": config.precision == "fp16", "bf16": config.precision == "bf16"}
 
 
-def balanced_weights(labels: list[int]) -> torch.Tensor:
-    """sklearn's 'balanced': n / (k * count_c), so every class carries the same total weight."""
+def balanced_weights(labels: list[int], power: float = 1.0) -> torch.Tensor:
+    """sklearn's 'balanced' (n / (k * count_c): every class carries the same total weight) raised to ``power``;
+    0.5 ('sqrt') only halves the imbalance on a log scale, for when full balancing over-predicts rare classes."""
     counts = np.bincount(np.asarray(labels), minlength=len(LABELS)).astype(float)
-    weights = len(labels) / (len(LABELS) * np.maximum(counts, 1))
+    weights = (len(labels) / (len(LABELS) * np.maximum(counts, 1))) ** power
     return torch.tensor(weights, dtype=torch.float32)
 
 
@@ -297,7 +298,8 @@ def run_experiment(
 
     train_ds = EncodedSplit(data.train, tokenizer, config.max_length)
     val_ds = EncodedSplit(data.validation, tokenizer, config.max_length)
-    weights = balanced_weights(data.train.labels) if config.class_weights == "balanced" else None
+    power = {"balanced": 1.0, "sqrt": 0.5}.get(config.class_weights)
+    weights = balanced_weights(data.train.labels, power) if power else None
 
     cb: list[TrainerCallback] = [
         MetricsLogCallback(run_dir / "metrics.jsonl"),
