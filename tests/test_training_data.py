@@ -97,7 +97,7 @@ def test_shipped_sweep_expands_to_the_issue_grid() -> None:
     configs = expand_sweep(CONFIGS / "sweep.yaml")
     assert [c.learning_rate for c in configs[:4]] == [1e-5, 2e-5, 5e-5, 1e-4]
     assert sorted({c.freeze_layers for c in configs}) == [0, 4, 6]
-    assert len({c.name for c in configs}) == len(configs) == 8
+    assert len({c.name for c in configs}) == len(configs) == 9
 
 
 def test_baseline_matches_the_issue() -> None:
