@@ -188,6 +188,49 @@ def reviews(
 
 
 @app.command()
+def feedback(
+    review_id: Annotated[str | None, typer.Argument(help="the review to correct")] = None,
+    label: Annotated[str | None, typer.Argument(help="negative, neutral or positive")] = None,
+    by: Annotated[str | None, typer.Option(help="who corrects it [default: $USER]")] = None,
+    note: Annotated[str | None, typer.Option(help="why, for the next reader")] = None,
+    limit: Annotated[int, typer.Option(help="without arguments: list the latest N corrections")] = 20,
+) -> None:
+    """Correct a review's label (stored beside the model's; the next `sentiment refresh` trains on it).
+
+    Without arguments, lists the latest corrections. Plain SQL works too:
+    INSERT INTO review_feedback (review_id, label, author) VALUES ('r-1', 'negative', 'ana')
+
+    Example: sentiment feedback r-1042 negative --by ana --note "sarcasm"
+    """
+    import getpass
+
+    from storage.db import get_engine
+    from storage.feedback import FeedbackError, add_correction, corrections
+    from stream.services import check_postgres
+
+    s = get_settings()
+    check_postgres(s)
+    engine = get_engine(s.postgres.url.get_secret_value())
+    if review_id is None:
+        table = Table(title="latest label corrections")
+        for col in ("when", "review_id", "was", "now", "by", "note"):
+            table.add_column(col, overflow="fold")
+        for c in corrections(engine, limit):
+            table.add_row(c.created_at.strftime("%Y-%m-%d %H:%M"), c.review_id, c.previous_label, c.label, c.author,
+                          c.note or "")
+        console.print(table)
+        return
+    if label is None:
+        raise typer.BadParameter("give the corrected label: negative, neutral or positive")
+    try:
+        c = add_correction(engine, review_id, label.strip().lower(), by or getpass.getuser(), note)
+    except FeedbackError as e:
+        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(f"{c.review_id}: {c.previous_label} -> {c.label} (by {c.author}, correction #{c.id})")
+
+
+@app.command()
 def classify(
     texts: Annotated[list[str] | None, typer.Argument(help="texts to label")] = None,
     csv_in: Annotated[Path | None, typer.Option("--csv", exists=True, help="CSV to label in batches")] = None,

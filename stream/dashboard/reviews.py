@@ -1,7 +1,8 @@
-"""Reviews: the latest labelled reviews from Postgres, filtered by label, source and text."""
+"""Reviews: the latest labelled reviews from Postgres, filtered by label, source and text; correct a label."""
 
 from __future__ import annotations
 
+import getpass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,6 +11,7 @@ import streamlit as st
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import ProgrammingError
 
+from storage.feedback import FeedbackError, add_correction
 from storage.reviews import count_by_label, latest_reviews
 from storage.schema import LABELS
 from storage.schema import review_sentiment as t
@@ -67,3 +69,27 @@ def render() -> None:
         "text": st.column_config.TextColumn(width="large"),
     })
     st.caption(f"{len(frame)} newest reviews by processing time, from Postgres at `{address}`.")
+    correction_form(db, frame)
+
+
+def correction_form(db: Engine, frame: pd.DataFrame) -> None:
+    """A person's correction of one shown review, stored beside the model's label (``review_feedback``)."""
+    if frame.empty:
+        return
+    with st.form("correct_label", clear_on_submit=False):
+        st.subheader("Correct a label")
+        shown = dict(zip(frame["review_id"], frame["label"], strict=True))
+        id_col, label_col, by_col = st.columns([2, 1, 1])
+        review_id = id_col.selectbox("review", list(shown), key="feedback_review",
+                                     format_func=lambda rid: f"{rid} ({shown[rid]})")
+        label = label_col.selectbox("correct label", LABELS, key="feedback_label")
+        author = by_col.text_input("your name", getpass.getuser(), key="feedback_author")
+        note = st.text_input("note (optional)", key="feedback_note")
+        if st.form_submit_button("Save correction"):
+            try:
+                c = add_correction(db, review_id, label, author.strip(), note.strip() or None)
+            except FeedbackError as e:
+                st.error(str(e), icon=":material/error:")
+            else:
+                st.success(f"{c.review_id}: {c.previous_label} -> {c.label}, by {c.author}. "
+                           "The next `sentiment refresh` trains on it.", icon=":material/check:")
