@@ -50,6 +50,11 @@ def _without_sklearn_in_transformers() -> None:
 _without_sklearn_in_transformers()
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
+# Models trained with `pooling: mean` (training/heads.py, torch + transformers only) load through the Auto
+# classes once that module has registered them; without the training package the other models still load.
+with contextlib.suppress(ImportError):
+    import training.heads  # noqa: F401
+
 log = logging.getLogger(__name__)
 
 # Label names a checkpoint may carry, mapped to ours (ids beat names only when names are generic).

@@ -107,6 +107,11 @@ class ExperimentConfig(Strict):
     max_grad_norm: float = Field(1.0, gt=0)
     epochs: float | None = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
+    pooling: Literal["cls", "mean"] = Field(
+        "cls",
+        description="cls: the architecture's own head ([CLS] via BERT's pooler); mean: a linear head on the "
+        "masked mean of the last hidden states (how sentence-transformers encoders were trained)",
+    )
     freeze_layers: int = Field(0, ge=0, description="number of lower transformer layers to freeze")
     freeze_embeddings: bool | None = Field(None, description="default: frozen when freeze_layers > 0")
     class_weights: Literal["none", "balanced", "sqrt"] = Field(

@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from training import heads  # noqa: F401  (registers the mean-pooling head with the Auto classes)
 from training import metrics as M
 from training.config import LABELS, CleaningConfig
 from training.data import load_split_file

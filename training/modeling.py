@@ -1,29 +1,49 @@
 """Build the classifier from a base checkpoint and freeze its lower layers.
 
-Freezing is written against ``model.base_model`` so one function serves DistilBERT
+``pooling: cls`` keeps the architecture's own sequence-classification head; ``pooling: mean`` puts
+``training.heads.MeanPoolingForSequenceClassification`` (a linear head on the masked token mean) on the
+base encoder. Freezing is written against ``model.base_model`` so one function serves DistilBERT
 (``transformer.layer``) and BERT-family encoders (``encoder.layer``: BERT, MiniLM, RoBERTa, ...).
 """
 
 from __future__ import annotations
 
 from torch import nn
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from training.config import LABELS
+from training.heads import MeanPoolingForSequenceClassification, is_mean_pooling
 from training.paths import resolve_model
 
 ID2LABEL = dict(enumerate(LABELS))
 LABEL2ID = {name: i for i, name in ID2LABEL.items()}
 
 
-def load_base(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
-    """Tokenizer and a 3-class head on the base encoder (the head is new when the checkpoint has none)."""
+def load_base(name: str, pooling: str = "cls") -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+    """Tokenizer and a 3-class head on the base encoder (the head is new when the checkpoint has none).
+
+    ``pooling="mean"``: the head classifies the masked mean of the last hidden states
+    (``training.heads``); a base that already is such a classifier is loaded as it is.
+    """
+    if pooling not in ("cls", "mean"):
+        raise ValueError(f"pooling must be 'cls' or 'mean', not {pooling!r}")
     path = resolve_model(name)
+    labels = {"num_labels": len(LABELS), "id2label": ID2LABEL, "label2id": LABEL2ID}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(LABELS), id2label=ID2LABEL, label2id=LABEL2ID, ignore_mismatched_sizes=True
-        )
+        already_mean = is_mean_pooling(AutoConfig.from_pretrained(path))
+        if already_mean and pooling != "mean":
+            raise ValueError(f"base model {name!r} is a mean-pooling classifier; set `pooling: mean` to fine-tune it")
+        if pooling == "mean" and not already_mean:
+            model = MeanPoolingForSequenceClassification.from_encoder(path, **labels)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(path, **labels, ignore_mismatched_sizes=True)
     except OSError as err:
         raise FileNotFoundError(
             f"cannot load base model {name!r} (resolved to {path!r}): {err}. Give a local Hugging Face "

@@ -288,7 +288,7 @@ def run_experiment(
     set_seed(config.seed)  # before the model: the new classifier head is randomly initialised
 
     data = data or load_dataset(config.data)
-    model, tokenizer, resolved = load_base(config.base_model)
+    model, tokenizer, resolved = load_base(config.base_model, config.pooling)
     frozen = freeze(model, config.freeze_layers, config.frozen_embeddings) if (
         config.freeze_layers or config.frozen_embeddings) else []
     resolved_cfg = config.model_dump(mode="json") | {"resolved_base_model": resolved}
