@@ -39,6 +39,7 @@ class StoredLabel:
     label: str
     source: str
     created_at: datetime
+    score: float = 1.0  # probability of the label: summed per hour for the drift monitor
 
 
 def insert_reviews(engine: Engine, reviews: Sequence[LabelledReview]) -> list[StoredLabel]:
@@ -53,7 +54,7 @@ def insert_reviews(engine: Engine, reviews: Sequence[LabelledReview]) -> list[St
     with engine.begin() as conn:
         conn.execute(insert(t).on_conflict_do_nothing(index_elements=["review_id"]), [asdict(r) for r in reviews])
         rows = conn.execute(
-            select(t.c.review_id, t.c.label, t.c.source, t.c.created_at).where(t.c.review_id.in_(ids))
+            select(t.c.review_id, t.c.label, t.c.source, t.c.created_at, t.c.score).where(t.c.review_id.in_(ids))
         )
         return [StoredLabel(*row) for row in rows]
 

@@ -32,6 +32,7 @@ from storage.db import get_engine, is_transient, safe_address
 from storage.registry import ModelRef
 from stream import metrics
 from stream.dlq import DeadLetterWriter
+from stream.drift import DriftMonitor, refresh_starter
 from stream.events import RawRecord
 from stream.pipeline import BatchProcessor, BatchResult, ModelFollower, Retrier, Stopping
 from stream.predictor import model_version, predictor_from_settings, resolve_model_dir
@@ -89,10 +90,16 @@ def build_processor(settings: Settings, stop: threading.Event) -> BatchProcessor
         )
         log.info("following the model registry's production version (checked every %.0fs)",
                  settings.worker.reload_interval_s)
+    d = settings.drift
+    trends = trend_counters(settings)
+    drift = DriftMonitor(
+        trends, d.threshold, d.min_events, d.confidence_weight, d.check_interval_s, on_score=metrics.set_drift,
+        on_drift=refresh_starter(trends, d.refresh_config, d.refresh_cooldown_s, settings.models_dir / "refresh-logs")
+        if d.refresh_config else None)
     return BatchProcessor(
         predictor=predictor,
         engine=engine,
-        trends=trend_counters(settings),
+        trends=trends,
         dead_letters=DeadLetterWriter(settings.kafka.dlq_topic, settings.kafka.client_options()),
         max_text_chars=settings.worker.max_text_chars,
         max_metadata_bytes=settings.worker.max_metadata_bytes,
@@ -100,6 +107,7 @@ def build_processor(settings: Settings, stop: threading.Event) -> BatchProcessor
         postgres_address=safe_address(pg_url),
         redis_address=redis_address(settings.redis.url.get_secret_value()),
         follower=follower,
+        drift=drift,
     )
 
 

@@ -29,6 +29,10 @@ E2E_SECONDS = Histogram("sentiment_end_to_end_seconds", "Kafka record timestamp 
                         buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
 LAG = Gauge("sentiment_consumer_lag", "Records behind the partition's high watermark", ["topic", "partition"])
 MODEL = Gauge("sentiment_model_info", "The model labelling events (value 1)", ["version"])
+DRIFT_SCORE = Gauge("sentiment_drift_score", "Drift of the latest scored hour from the model's reference")
+DRIFT_PSI = Gauge("sentiment_drift_label_psi", "Population stability index of the predicted label mix")
+DRIFT_CONFIDENCE = Gauge("sentiment_drift_confidence_drop", "Reference minus live mean top-class probability")
+DRIFT_THRESHOLD = Gauge("sentiment_drift_threshold", "The drift score above which the worker warns")
 
 
 def serve(port: int) -> bool:
@@ -65,3 +69,10 @@ def observe_batch(records: Sequence[RawRecord], labelled: int, dead_lettered: in
 def observe_lag(topic: str, partition: int, highwater: int | None, offset: int) -> None:
     if highwater is not None:
         LAG.labels(topic=topic, partition=str(partition)).set(max(0, highwater - offset - 1))
+
+
+def set_drift(score) -> None:  # a stream.drift.DriftScore
+    DRIFT_SCORE.set(score.score)
+    DRIFT_PSI.set(score.label_psi)
+    DRIFT_CONFIDENCE.set(score.confidence_drop)
+    DRIFT_THRESHOLD.set(score.threshold)

@@ -30,6 +30,7 @@ from storage.registry import ModelRef
 from storage.reviews import LabelledReview, StoredLabel, insert_reviews
 from storage.trends import TrendCounters
 from stream.dlq import DeadLetter, DeadLetterWriter
+from stream.drift import DriftMonitor
 from stream.events import RawRecord, Rejection, ValidEvent, parse_record
 from stream.predictor import Prediction, Predictor, release_memory
 
@@ -153,8 +154,12 @@ class BatchProcessor:
         postgres_address: str = "postgres",
         redis_address: str = "redis",
         follower: ModelFollower | None = None,
+        drift: DriftMonitor | None = None,
     ) -> None:
         self.predictor = predictor
+        self.drift = drift
+        if drift is not None:
+            drift.set_model(predictor.version, predictor.model_dir)
         self.follower = follower
         self.swaps = 0
         self.engine = engine
@@ -206,6 +211,8 @@ class BatchProcessor:
         result.newly_counted = self.retry(f"Redis at {self.redis_address}", lambda: self.trends.count(stored),
                                           _redis_transient)
         result.dead_lettered = len(rejected)
+        if self.drift is not None:
+            self.drift.observe(stored)
         result.total_s = time.perf_counter() - labelled.started
         return result
 
@@ -222,6 +229,8 @@ class BatchProcessor:
         release_memory()
         self.swaps += 1
         log.info("model switched %s -> %s between batches (swap %d)", old, self.predictor.version, self.swaps)
+        if self.drift is not None:
+            self.drift.set_model(self.predictor.version, self.predictor.model_dir)
         if self.follower.on_swap is not None:
             self.follower.on_swap(self.predictor.version)
 

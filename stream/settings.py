@@ -107,6 +107,19 @@ class RegistrySettings(BaseModel):
     margin: float = Field(0.0, description="a candidate needs score >= production + margin to be promoted")
 
 
+class DriftSettings(BaseModel):
+    """Drift of the live label mix and confidence from the production model's reference (``stream.drift``)."""
+
+    threshold: float = Field(0.25, gt=0, description="a drift score above this logs a warning (and can refresh)")
+    min_events: int = Field(200, ge=1, description="an hour with fewer labelled reviews gets no score (too noisy)")
+    confidence_weight: float = Field(
+        1.0, ge=0, description="weight of the drop in mean top-class probability in the score")
+    check_interval_s: float = Field(10.0, gt=0, description="how often a worker recomputes the score")
+    refresh_config: Path | None = Field(
+        None, description="refresh config: a worker whose drift crosses the threshold starts `sentiment refresh`")
+    refresh_cooldown_s: int = Field(6 * 3600, ge=60, description="at most one drift-triggered refresh this often")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SENTIMENT_", env_nested_delimiter="__", env_file=".env", extra="ignore"
@@ -118,6 +131,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     worker: WorkerSettings = WorkerSettings()
     registry: RegistrySettings = RegistrySettings()
+    drift: DriftSettings = DriftSettings()
     models_dir: Path = Field(Path("models"), description="where trained and demo models are kept")
 
     def model_store(self) -> Path:

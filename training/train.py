@@ -28,6 +28,7 @@ from transformers import (
     set_seed,
 )
 
+from stream.drift import ReferenceProfile
 from training import metrics as M
 from training import tracker
 from training.config import LABELS, ConfigError, ExperimentConfig, dump_config
@@ -197,10 +198,12 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
 
 
-def _predict(trainer: Trainer, dataset: EncodedSplit) -> tuple[np.ndarray, np.ndarray, float]:
+def _predict(trainer: Trainer, dataset: EncodedSplit) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """Predicted ids, true ids, seconds, and class probabilities (for the drift reference)."""
     start = time.perf_counter()
     out = trainer.predict(dataset, metric_key_prefix="predict")
-    return np.argmax(out.predictions, axis=-1), out.label_ids, time.perf_counter() - start
+    probs = torch.softmax(torch.as_tensor(out.predictions, dtype=torch.float32), dim=-1).numpy()
+    return np.argmax(out.predictions, axis=-1), out.label_ids, time.perf_counter() - start, probs
 
 
 def _compute_metrics(pred) -> dict[str, float]:
@@ -324,13 +327,13 @@ def run_experiment(
     cb[1].prune(ckpt_dir, history, keep_latest=False)  # type: ignore[attr-defined]
 
     # Score the selected (best-on-validation) model once on validation and once on test.
-    val_pred, val_true, _ = _predict(trainer, val_ds)
+    val_pred, val_true, _, val_probs = _predict(trainer, val_ds)
     validation = M.classification_metrics(val_true, val_pred)
     test: dict[str, Any] = {}
     test_time = 0.0
     if len(data.test):
         test_ds = EncodedSplit(data.test, tokenizer, config.max_length)
-        test_pred, test_true, test_time = _predict(trainer, test_ds)
+        test_pred, test_true, test_time, _ = _predict(trainer, test_ds)
         test = M.classification_metrics(test_true, test_pred)
         (run_dir / "classification_report.txt").write_text(M.report_text(test_true, test_pred), encoding="utf-8")
         test["confusion_matrix"] = M.confusion(test_true, test_pred)
@@ -348,6 +351,8 @@ def run_experiment(
                                                "label2id": {n: i for i, n in enumerate(LABELS)}})
     for name in ("training_args.bin",):
         (model_dir / name).unlink(missing_ok=True)
+    # What the model predicts on data like its training data: the drift monitor's reference.
+    ReferenceProfile.from_probabilities(val_probs.tolist(), LABELS, data.train.counts()).write(model_dir)
 
     eval_time = sum(h.get("eval_runtime", 0.0) for h in history)
     train_runtime = float(train_out.metrics.get("train_runtime", 0.0))
