@@ -140,6 +140,7 @@ class DriftMonitor:
         self.reference: ReferenceProfile | None = None
         self._next = 0.0
         self._alerted: set[str] = set()
+        self._pending: set[datetime] = set()
 
     def set_model(self, version: str, model_dir: Path) -> None:
         """Measure against this model's reference from now on (called at start and on every swap)."""
@@ -155,21 +156,33 @@ class DriftMonitor:
                         "measured for it. Retrain it, or write one with `sentiment models profile`.",
                         version, PROFILE_FILE)
         self._next = 0.0
+        self._pending.clear()
 
     def observe(self, stored: Sequence[StoredLabel]) -> DriftScore | None:
-        """Score the latest hour the batch touched, if it is time to; returns the score when computed."""
-        if self.reference is None or not stored or time.monotonic() < self._next:
+        """Score the latest hour the batch touched when it is time to; returns the newest score computed.
+
+        Between checks the touched hours are remembered, so the last batches of an hour are scored by
+        the next check (after any later batch) rather than dropped.
+        """
+        if self.reference is None or not stored:
+            return None
+        self._pending.add(bucket_start(max(r.created_at for r in stored), HOUR))
+        if time.monotonic() < self._next:
             return None
         self._next = time.monotonic() + self.interval_s
-        try:
-            return self._check(max(r.created_at for r in stored))
-        except Exception as e:  # Redis trouble: the counters' own retry reports it; drift just waits
-            log.warning("drift: cannot score (%s: %s); retrying later", type(e).__name__, e)
-            return None
+        latest = None
+        for hour in sorted(self._pending):
+            try:
+                latest = self._check(hour) or latest
+            except Exception as e:  # Redis trouble: the counters' own retry reports it; drift just waits
+                log.warning("drift: cannot score hour %s (%s: %s); retrying later", hour, type(e).__name__, e)
+                return latest
+            self._pending.discard(hour)
+        return latest
 
-    def _check(self, latest: datetime) -> DriftScore | None:
+    def _check(self, hour: datetime) -> DriftScore | None:
         assert self.reference is not None and self.version is not None
-        bucket = self.trends.hour(bucket_start(latest, HOUR))
+        bucket = self.trends.hour(hour)
         if bucket.total < self.min_events:
             return None
         score = drift_score(bucket, self.reference, self.version, self.threshold, self.confidence_weight)

@@ -177,3 +177,17 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         for f in FIGURES:
             terminalreporter.write_line(f"{f['scenario']}: " + ", ".join(f"{k}={v}" for k, v in f.items()
                                                                           if k != "scenario"))
+
+
+def invoke_cli(settings: Settings, *args: str):
+    """`sentiment ARGS` in-process (typer's CliRunner) with these settings as SENTIMENT_* variables."""
+    from typer.testing import CliRunner
+
+    from stream.cli import app
+    from stream.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        return CliRunner().invoke(app, list(args), env={**settings.to_env(), "COLUMNS": "200"})
+    finally:
+        get_settings.cache_clear()

@@ -7,13 +7,13 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import select, text
-from typer.testing import CliRunner
 
 from storage.db import get_engine
 from storage.feedback import FeedbackError, add_correction, corrected_reviews, corrections
 from storage.reviews import LabelledReview, insert_reviews
 from storage.schema import review_sentiment as t
 from stream.settings import Settings
+from tests.conftest import invoke_cli
 from tests.test_dashboard import app_env, open_page  # noqa: F401  (fixture and page opener)
 
 
@@ -69,21 +69,15 @@ def test_bad_corrections_are_refused_with_what_to_do(engine, uid: str) -> None:
     assert corrections(engine, review_id=rid) == []
 
 
-def test_cli_corrects_and_lists(settings: Settings, engine, uid: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from stream.cli import app
-
+def test_cli_corrects_and_lists(settings: Settings, engine, uid: str) -> None:
     rid = f"{uid}-cli"
     insert_reviews(engine, labelled([rid]))
-    for key, value in settings.to_env().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("COLUMNS", "250")  # rich folds long ids in a narrow terminal
-    runner = CliRunner()
-    out = runner.invoke(app, ["feedback", rid, "Negative", "--by", "cli-user", "--note", "not a compliment"])
+    out = invoke_cli(settings, "feedback", rid, "Negative", "--by", "cli-user", "--note", "not a compliment")
     assert out.exit_code == 0, out.output
     assert f"{rid}: positive -> negative (by cli-user" in out.output
-    listed = runner.invoke(app, ["feedback", "--limit", "200"])
+    listed = invoke_cli(settings, "feedback", "--limit", "200")
     assert listed.exit_code == 0 and rid in listed.output
-    refused = runner.invoke(app, ["feedback", rid, "meh"])
+    refused = invoke_cli(settings, "feedback", rid, "meh")
     assert refused.exit_code == 2 and "use one of negative, neutral, positive" in refused.output
 
 
