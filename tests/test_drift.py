@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from stream.services import trend_counters
 from stream.settings import Settings
 from tests.accounting import FIGURES, produce, rows_for, scrape
 from tests.conftest import invoke_cli, wait_until
+from tests.test_dashboard import app_env, metrics, open_page  # noqa: F401  (fixture and page helpers)
 from training.config import config_from_dict
 from training.tiny import build_tiny_model, synthetic_rows, write_synthetic_csv
 from training.train import run_experiment
@@ -176,3 +178,21 @@ def test_worker_drift_stays_low_on_training_like_data_and_crosses_on_a_negative_
     assert shown.exit_code == 0, shown.output
     assert f"model drift-{uid}" in shown.output and "DRIFT" in shown.output
     assert shift_hour.strftime("%Y-%m-%d %H:00") in shown.output
+
+
+def test_trends_page_shows_the_drift_and_warns_above_the_threshold(app_env: Settings) -> None:  # noqa: F811
+    counters = trend_counters(app_env)
+    now = bucket_start(datetime.now(UTC), HOUR)
+    ref = ReferenceProfile(BALANCED, 0.9, 300)
+    calm = drift_score(TrendBucket(now - timedelta(hours=1), {"negative": 100, "neutral": 100, "positive": 100},
+                                   270.0), ref, "v-dash", 0.25)
+    counters.save_drift(now - timedelta(hours=1), asdict(calm), {"version": "v-dash", **asdict(ref)})
+    at = open_page("trends")
+    assert not at.exception and not at.warning
+    assert metrics(at)["drift score, latest hour"] == f"{calm.score:.3f}"
+    shifted = drift_score(TrendBucket(now, {"negative": 270, "neutral": 15, "positive": 15}, 240.0), ref,
+                          "v-dash", 0.25)
+    counters.save_drift(now, asdict(shifted), {"version": "v-dash", **asdict(ref)})
+    at = open_page("trends")
+    assert metrics(at)["drift score, latest hour"] == f"{shifted.score:.3f}"
+    assert f"**Drift {shifted.score:.2f}**" in at.warning[0].value and "sentiment refresh" in at.warning[0].value

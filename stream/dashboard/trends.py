@@ -1,4 +1,5 @@
-"""Live trends: label counts and shares per minute or hour from the Redis counters, with a negative alert."""
+"""Live trends: label counts and shares per minute or hour from the Redis counters, with a negative alert,
+and the drift of each hour from the serving model's reference (scored by the workers, kept in Redis)."""
 
 from __future__ import annotations
 
@@ -130,6 +131,50 @@ def live_view(settings: Settings, view: View) -> None:
     st.dataframe(table[["bucket", *LABELS, "total", "negative share"]], hide_index=True, height=300,
                  column_config={"negative share": st.column_config.NumberColumn(format="percent")})
     st.caption(f"Buckets in UTC by review time; read {datetime.now(UTC):%H:%M:%S} UTC from Redis at `{address}`.")
+    drift_view(trend_counters)
+
+
+def drift_frame(scores: Sequence[tuple[datetime, dict | None]]) -> pd.DataFrame:
+    """One row per scored hour, oldest first (hours without a score are left out)."""
+    rows = [{"hour": start, **{k: s[k] for k in ("events", "score", "label_psi", "confidence_drop",
+                                                  "mean_confidence", "threshold")},
+             **{f"{k} share": v for k, v in s["label_mix"].items()}} for start, s in scores if s is not None]
+    return pd.DataFrame(rows)
+
+
+def drift_view(trend_counters, hours: int = 48) -> None:
+    """The workers' per-hour drift scores against the serving model's reference (``stream.drift``)."""
+    st.subheader("Drift from the model's reference")
+    reference = trend_counters.drift_reference()
+    frame = drift_frame(trend_counters.read_drift(hours))
+    if reference is None or frame.empty:
+        st.info(f"No drift scores in the last {hours} hours: a worker scores an hour once it has labelled enough "
+                "reviews in it (`SENTIMENT_DRIFT__MIN_EVENTS`), for a model trained by `sentiment train`.",
+                icon=":material/info:")
+        return
+    last = frame.iloc[-1]
+    if last["score"] > last["threshold"]:
+        st.warning(f"**Drift {last['score']:.2f}** in the hour of {last['hour']:%Y-%m-%d %H:00} UTC is above the "
+                   f"{last['threshold']:g} threshold: the label mix or the model's confidence moved away from what "
+                   f"model `{reference['version']}` saw in training. Consider `sentiment refresh`.",
+                   icon=":material/trending_up:")
+    columns = st.columns(4)
+    columns[0].metric("drift score, latest hour", f"{last['score']:.3f}",
+                      f"{last['score'] - last['threshold']:+.3f} vs threshold", delta_color="inverse")
+    columns[1].metric("label-mix PSI", f"{last['label_psi']:.3f}")
+    columns[2].metric("confidence drop", f"{last['confidence_drop']:+.3f}")
+    columns[3].metric("reviews in that hour", f"{int(last['events']):,}")
+    line = alt.Chart(frame, height=220, title="drift score per hour").mark_line(point=True).encode(
+        x=alt.X("hour:T", title=None), y=alt.Y("score:Q", title="score"),
+        tooltip=["hour:T", "events:Q", alt.Tooltip("score:Q", format=".3f"), alt.Tooltip("label_psi:Q", format=".3f"),
+                 alt.Tooltip("confidence_drop:Q", format="+.3f")])
+    rule = alt.Chart(pd.DataFrame({"threshold": [float(last["threshold"])]})).mark_rule(strokeDash=[4, 4]).encode(
+        y="threshold:Q")
+    st.altair_chart(line + rule, width="stretch")
+    mix = ", ".join(f"{k} {v:.0%}" for k, v in reference["label_mix"].items())
+    st.caption(f"Reference: model `{reference['version']}` predicts {mix} with mean confidence "
+               f"{reference['mean_confidence']:.2f} on its {reference['rows']:,} {reference['source']} rows. "
+               "Score = label-mix PSI + drop in mean confidence.")
 
 
 def render() -> None:
