@@ -19,13 +19,14 @@ COPY pyproject.toml README.md* ./
 COPY stream ./stream
 COPY storage ./storage
 COPY training ./training
+COPY configs ./configs
 RUN pip install '.[dashboard]'
 
-# Run as a plain user; /models is the mount point of the `models` volume (a fresh named volume
-# takes this directory's owner).
-RUN useradd --create-home --uid 1000 app && mkdir -p /models && chown app:app /models
+# Run as a plain user; /models and /app/runs are mount points of named volumes (a fresh named volume
+# takes its directory's owner).
+RUN useradd --create-home --uid 1000 app && mkdir -p /models /app/runs && chown app:app /models /app/runs
 USER app
-ENV SENTIMENT_MODEL__DIR=/models/current
+ENV SENTIMENT_MODELS_DIR=/models
 
 ENTRYPOINT ["sentiment"]
 CMD ["--help"]

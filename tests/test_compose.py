@@ -42,3 +42,18 @@ def test_compose_file_parses() -> None:
         check=False,
     )
     assert proc.returncode == 0, f"docker compose config failed:\n{proc.stderr}{proc.stdout}"
+
+
+def test_refresh_profile_is_opt_in() -> None:
+    """`docker compose up` leaves the refresh job out; `--profile refresh` adds it."""
+    reason = _compose_available()
+    if reason:
+        pytest.skip(reason)
+
+    def services(*flags: str) -> set[str]:
+        proc = subprocess.run(["docker", "compose", "-f", "docker-compose.yml", *flags, "config", "--services"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+        return set(proc.stdout.split())
+
+    assert "refresh" not in services() and {"worker", "dashboard"} <= services()
+    assert "refresh" in services("--profile", "refresh")
