@@ -244,12 +244,19 @@ def refresh(
     Example: sentiment refresh configs/refresh.yaml --if-drift
     """
     from storage.db import get_engine
+    from storage.registry import RegistryError
     from stream.drift import latest_score
     from stream.services import check_postgres, check_redis, trend_counters
+    from training.config import ConfigError
+    from training.data import DataError
     from training.refresh import load_refresh_config, run_refresh
 
     s = get_settings()
-    cfg = load_refresh_config(config)  # fail on a bad config before anything runs
+    try:
+        cfg = load_refresh_config(config)  # fail on a bad config before anything runs
+    except ConfigError as e:
+        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
     if if_drift:
         check_redis(s)
         score = latest_score(trend_counters(s), hours=2)
@@ -259,8 +266,12 @@ def refresh(
             return
         console.print(f"drift {score.score:.3f} > threshold {s.drift.threshold:g} (hour {score.hour}): refreshing")
     check_postgres(s)
-    result = run_refresh(cfg, get_engine(s.postgres.url.get_secret_value()), s.model_store(), s.registry.eval_set,
-                         run_id)
+    try:
+        result = run_refresh(cfg, get_engine(s.postgres.url.get_secret_value()), s.model_store(),
+                             s.registry.eval_set, run_id)
+    except (ConfigError, DataError, RegistryError) as e:
+        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
+        raise typer.Exit(2) from None
     c = result.counts
     console.print(f"feedback: {c.corrections} corrected reviews, {c.held_out} held out, {c.added_to_train} added "
                   f"to train, {c.replaced_base_labels} base labels replaced")

@@ -21,7 +21,7 @@ from storage.reviews import LabelledReview, insert_reviews
 from stream.settings import Settings
 from tests.conftest import invoke_cli
 from tests.registry_helpers import registry_schema
-from training.config import load_config
+from training.config import ConfigError, load_config
 from training.data import dedup_key, load_dataset
 from training.refresh import in_holdout, load_refresh_config, run_refresh
 from training.tiny import build_tiny_model, synthetic_rows, write_synthetic_csv
@@ -144,10 +144,12 @@ def test_refresh_cli_runs_only_on_drift_when_asked(reg_url: str, workdir: Path, 
         assert conn.execute(select(registry.model_version.c.stage)).scalars().all() == ["production"]
 
 
-def test_a_bad_refresh_config_names_the_key(tmp_path: Path) -> None:
+def test_a_bad_refresh_config_names_the_key(tmp_path: Path, settings: Settings) -> None:
     (tmp_path / "r.yaml").write_text("experiment: x.yaml\nholdout_share: 0.2\n")
-    with pytest.raises(Exception, match="holdout_share"):
+    with pytest.raises(ConfigError, match="holdout_share: unknown key"):
         load_refresh_config(tmp_path / "r.yaml")
+    out = invoke_cli(settings, "refresh", str(tmp_path / "r.yaml"))
+    assert out.exit_code == 2 and "holdout_share: unknown key" in out.output
 
 
 def test_holdout_membership_is_fixed_per_review() -> None:

@@ -25,12 +25,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Engine
 
 from storage import registry
 from storage.feedback import CorrectedReview, corrected_reviews
-from training.config import LABELS, ExperimentConfig, load_config, read_yaml
+from training.config import LABELS, ConfigError, ExperimentConfig, format_validation_error, load_config, read_yaml
 from training.data import LABEL_TO_ID, LabelledData, Split, clean_text, dedup_key, load_dataset
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,10 @@ class RefreshConfig(BaseModel):
 
 def load_refresh_config(path: str | Path) -> RefreshConfig:
     path = Path(path)
-    config = RefreshConfig.model_validate(read_yaml(path))
+    try:
+        config = RefreshConfig.model_validate(read_yaml(path))
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, str(path))) from None
     if not config.experiment.is_absolute():
         config.experiment = path.parent / config.experiment
     return config
