@@ -9,7 +9,9 @@ worker processes (concurrency > 1 can commit past an event still in flight).
 Model: ``SENTIMENT_MODEL__DIR`` when set (served as is, the registry is not followed); else the
 registry's production version, else ``models_dir/current``. Unless a dir is pinned, the worker
 follows the registry: between batches, at most every ``reload_interval_s``, it checks which version is
-production and switches to it before the next batch (``stream.pipeline.ModelFollower``).
+production and switches to it before the next batch (``stream.pipeline.ModelFollower``). Such a worker
+also runs the registry's active shadow candidate, if any, on its share of reviews (``storage.shadow``);
+a worker with a pinned dir does not shadow.
 
 With ``overlap_io`` (default: on with a GPU) batch N is stored on a second thread while batch N+1 is
 labelled; acknowledgements still happen in order, each only after its batch is stored.
@@ -80,13 +82,18 @@ def build_processor(settings: Settings, stop: threading.Event) -> BatchProcessor
     predictor = predictor_from_settings(m, start.artifact_dir, start.version)
     follower = None
     if m.dir is not None:
-        log.info("serving SENTIMENT_MODEL__DIR=%s as %s; not following the model registry", m.dir, predictor.version)
+        log.info("serving SENTIMENT_MODEL__DIR=%s as %s; not following the model registry (nor shadowing)", m.dir,
+                 predictor.version)
     else:
+        from storage import shadow
+
         follower = ModelFollower(
             production=lambda: registry_production(engine),
             load=lambda ref: predictor_from_settings(m, ref.artifact_dir, ref.version),
             interval_s=settings.worker.reload_interval_s,
             on_swap=metrics.set_model,
+            shadow=lambda: shadow.active(engine),
+            on_shadow=metrics.set_shadow,
         )
         log.info("following the model registry's production version (checked every %.0fs)",
                  settings.worker.reload_interval_s)
@@ -143,6 +150,9 @@ def create_app(settings: Settings) -> faust.App:
 
     def observe(events: list[faust.types.EventT], records: list[RawRecord], result: BatchResult) -> None:
         metrics.observe_batch(records, result.labelled, result.dead_lettered, result.infer_s, result.total_s)
+        if result.shadow_candidate is not None:
+            metrics.observe_shadow(result.shadow_candidate, result.shadowed, result.shadow_agreed,
+                                   result.shadow_infer_s)
         last_offsets = {e.message.tp: e.message.offset for e in events}
         for tp, offset in last_offsets.items():
             metrics.observe_lag(tp.topic, tp.partition, app.consumer.highwater(tp), offset)

@@ -29,6 +29,14 @@ E2E_SECONDS = Histogram("sentiment_end_to_end_seconds", "Kafka record timestamp 
                         buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
 LAG = Gauge("sentiment_consumer_lag", "Records behind the partition's high watermark", ["topic", "partition"])
 MODEL = Gauge("sentiment_model_info", "The model labelling events (value 1)", ["version"])
+SHADOW = Gauge("sentiment_shadow_share", "Share of reviews the shadow candidate labels (absent: no shadow)",
+               ["candidate"])
+SHADOWED = Counter("sentiment_shadow_events_total", "Reviews the shadow candidate labelled beside production",
+                   ["candidate"])
+SHADOW_AGREED = Counter("sentiment_shadow_agreed_total", "Shadowed reviews labelled as production did",
+                        ["candidate"])
+SHADOW_SECONDS = Histogram("sentiment_shadow_inference_seconds", "Shadow candidate's model time per micro-batch",
+                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 DRIFT_SCORE = Gauge("sentiment_drift_score", "Drift of the latest scored hour from the model's reference")
 DRIFT_PSI = Gauge("sentiment_drift_label_psi", "Population stability index of the predicted label mix")
 DRIFT_CONFIDENCE = Gauge("sentiment_drift_confidence_drop", "Reference minus live mean top-class probability")
@@ -50,6 +58,20 @@ def serve(port: int) -> bool:
 def set_model(version: str) -> None:
     MODEL.clear()
     MODEL.labels(version=version).set(1)
+
+
+def set_shadow(deployment: object | None) -> None:
+    """The shadow deployment a worker runs now (a ``storage.shadow.ShadowDeployment``), or None."""
+    SHADOW.clear()
+    if deployment is not None:
+        SHADOW.labels(candidate=deployment.candidate).set(deployment.share)  # type: ignore[attr-defined]
+
+
+def observe_shadow(candidate: str, shadowed: int, agreed: int, infer_s: float) -> None:
+    """Agreement rate in PromQL: rate(sentiment_shadow_agreed_total) / rate(sentiment_shadow_events_total)."""
+    SHADOWED.labels(candidate=candidate).inc(shadowed)
+    SHADOW_AGREED.labels(candidate=candidate).inc(agreed)
+    SHADOW_SECONDS.observe(infer_s)
 
 
 def observe_batch(records: Sequence[RawRecord], labelled: int, dead_lettered: int, infer_s: float,

@@ -1,4 +1,4 @@
-"""``sentiment models list | publish | promote | rollback``: the model lifecycle from the command line.
+"""``sentiment models list | publish | promote | rollback | shadow | compare``: the model lifecycle.
 
 The registry lives in Postgres (``storage.registry``); artifacts are copied into the model store
 (``SENTIMENT_REGISTRY__STORE_DIR``, default ``models/store``). Running workers follow the production
@@ -179,3 +179,129 @@ def rollback() -> None:
         _fail(e)
     _point_current(s, registry.get_version(engine, d.candidate).artifact_dir)
     console.print(f"rolled back: {d.production_before} archived, {d.candidate} is production again")
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f} ms"
+
+
+@app.command()
+def shadow(
+    version: Annotated[str | None, typer.Argument(help="a published candidate (see `sentiment models list`)")] = None,
+    share: Annotated[float, typer.Option(help="fraction of reviews the candidate also labels, 0 < share <= 1")] = 0.2,
+    stop: Annotated[bool, typer.Option("--stop", help="stop the active shadow run")] = False,
+) -> None:
+    """Run a candidate beside production on a share of live reviews, writing no labels; or stop it.
+
+    Workers that follow the registry pick it up within SENTIMENT_WORKER__RELOAD_INTERVAL_S and record,
+    per shadowed review, both labels (and per batch both models' time); `sentiment models compare` shows
+    the result. A review is shadowed when a hash of its id falls below the share, so a replay shadows the
+    same reviews. Starting a shadow replaces the active one. Without arguments: show the active one.
+
+    Example: sentiment models shadow 20261129-031402-tweeteval-baseline --share 0.2
+    """
+    from storage import shadow as shadow_store
+
+    s = get_settings()
+    engine = _engine(s)
+    try:
+        if stop:
+            if version is not None:
+                _fail(ValueError("--stop takes no version: it stops the active shadow run"))
+            old = shadow_store.stop(engine)
+            console.print(f"stopped shadowing {old.candidate} (deployment {old.id})" if old
+                          else "no shadow run was active")
+            return
+        if version is None:
+            dep = shadow_store.active(engine)
+            console.print(f"shadowing {dep.candidate} on {dep.share:.0%} of reviews since "
+                          f"{dep.started_at:%Y-%m-%d %H:%M} UTC (deployment {dep.id})" if dep
+                          else "no shadow run is active; `sentiment models shadow VERSION --share 0.2` starts one")
+            return
+        dep, old = shadow_store.start(engine, version, share)
+    except _registry_errors() as e:
+        _fail(e)
+    if old is not None:
+        console.print(f"stopped shadowing {old.candidate} (deployment {old.id})")
+    console.print(f"shadowing {dep.candidate} on {dep.share:.0%} of reviews (deployment {dep.id}); workers start "
+                  f"within {s.worker.reload_interval_s:g}s plus the load time. `sentiment models compare` shows "
+                  "the results; `sentiment models shadow --stop` ends it.")
+
+
+@app.command()
+def compare(
+    version: Annotated[str | None, typer.Argument(
+        help="a shadowed candidate [default: the active shadow's, else the latest shadowed]")] = None,
+) -> None:
+    """Show how a shadowed candidate compares with production on live traffic, before promoting it.
+
+    Prints the reviews shadowed, the agreement rate (and Cohen's kappa), the confusion between the two
+    (rows: production's label, columns: the candidate's), per-class agreement, the latency cost, and
+    both models' stored offline scores.
+
+    Example: sentiment models compare 20261129-031402-tweeteval-baseline
+    """
+    from storage import registry
+    from storage import shadow as shadow_store
+    from storage.schema import LABELS
+
+    s = get_settings()
+    engine = _engine(s)
+    try:
+        version = version or shadow_store.default_candidate(engine)
+        if version is None:
+            _fail(RuntimeError("no shadow run yet: `sentiment models shadow VERSION --share 0.2` starts one"))
+        registry.get_version(engine, version)
+        c = shadow_store.compare(engine, version)
+        deps = shadow_store.deployments(engine, version)
+        prod = registry.production(engine)
+    except _registry_errors() as e:
+        _fail(e)
+    versions = sorted(c.production_versions.items(), key=lambda kv: -kv[1])
+    against = ", ".join(f"{v} ({n} reviews)" for v, n in versions) or (prod.version if prod else "-")
+    console.print(f"shadow evaluation of {version} against production {against}")
+    for d in deps:
+        until = f"{d.stopped_at:%Y-%m-%d %H:%M}" if d.stopped_at else "now (active)"
+        when = f"{d.started_at:%Y-%m-%d %H:%M} - {until}"
+        console.print(f"  deployment {d.id}: {d.share:.0%} of reviews, {when} UTC")
+    console.print(f"events shadowed: {c.events} (batches timed: {c.batches}, {c.batch_events} events in them)")
+    if c.events:
+        kappa = "-" if c.kappa is None else f"{c.kappa:.3f}"
+        console.print(f"agreement: {_pct(c.agreement)} ({c.agreed} of {c.events}); Cohen's kappa {kappa}")
+        t = Table(title="confusion (rows: production label, columns: candidate label)")
+        t.add_column("production \\ candidate")
+        for label in LABELS:
+            t.add_column(label, justify="right")
+        t.add_column("total", justify="right")
+        for label, row in zip(LABELS, c.matrix(), strict=True):
+            t.add_row(label, *map(str, row), str(sum(row)))
+        console.print(t)
+        t = Table(title="per class")
+        for col in ("label", "production", "candidate", "agreement (of production's)", "agreement (of candidate's)"):
+            t.add_column(col, justify="left" if col == "label" else "right")
+        for label, pc in c.per_class().items():
+            t.add_row(label, str(pc["production"]), str(pc["candidate"]), _pct(pc["agreement"]),
+                      _pct(pc["candidate_agreement"]))
+        console.print(t)
+    ratio = "-" if c.latency_ratio is None else f"x{c.latency_ratio:.2f}"
+    console.print(f"latency: production {_ms(c.production_ms_per_event)}/event, candidate "
+                  f"{_ms(c.candidate_ms_per_event)}/event ({ratio}); shadowing added {_ms(c.added_ms_per_batch)} "
+                  "per batch")
+    prod_version = versions[0][0] if versions else (prod.version if prod else None)
+    scores = shadow_store.evaluations(engine, [v for v in (version, prod_version) if v])
+    if scores:
+        t = Table(title="offline scores (stored evaluations)")
+        for col in ("eval set", "metric", f"candidate {version}", f"production {prod_version or '-'}"):
+            t.add_column(col, justify="left" if col in ("eval set", "metric") else "right")
+        for eval_set in sorted({es for _, es in scores}):
+            for metric in ("macro_f1", "macro_recall", "accuracy"):
+                cand = (scores.get((version, eval_set)) or {}).get(metric)
+                base = (scores.get((prod_version, eval_set)) or {}).get(metric) if prod_version else None
+                t.add_row(eval_set, metric, _fmt(cand), _fmt(base))
+        console.print(t)
+    else:
+        console.print("offline scores: none stored for either version")

@@ -9,6 +9,11 @@ crash or outage at any point replays the batch, and the sinks' idempotency absor
 batch N while batch N+1 is on the GPU (``stream.app``). Model hot reload happens at the start of
 ``label``, between batches and on the labelling thread: each batch is labelled by exactly one model, and
 each row records which one (``model_version``), so a switch neither loses nor relabels an event.
+
+Shadow evaluation (``storage.shadow``): when the registry has an active shadow deployment, ``label``
+also runs the candidate on the batch's sampled reviews (after production, both timed) and ``store``
+records the comparison after the production rows are stored and counted, never as review labels. A
+candidate that fails to load, to predict or to be recorded is dropped with a log line; production goes on.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from sqlalchemy import exc as sa_exc
 from storage.db import is_transient
 from storage.registry import ModelRef
 from storage.reviews import LabelledReview, StoredLabel, insert_reviews
+from storage.shadow import ShadowBatch, ShadowDeployment, ShadowPrediction, in_shadow_sample
+from storage.shadow import record as record_shadow
 from storage.trends import TrendCounters
 from stream.dlq import DeadLetter, DeadLetterWriter
 from stream.drift import DriftMonitor
@@ -49,6 +56,28 @@ class BatchResult:
     newly_counted: int = 0
     infer_s: float = 0.0
     total_s: float = 0.0
+    shadow_candidate: str | None = None  # shadow evaluation: the candidate, the reviews it labelled,
+    shadowed: int = 0  # how many of those it labelled as production did, and its model time
+    shadow_agreed: int = 0
+    shadow_infer_s: float = 0.0
+
+
+@dataclass
+class Shadow:
+    """The candidate a worker runs in shadow, and the deployment that asked for it."""
+
+    deployment: ShadowDeployment
+    predictor: Predictor
+
+
+@dataclass
+class ShadowLabelled:
+    """The candidate's labels of a batch's sampled reviews, and the batch's timing."""
+
+    deployment_id: int
+    candidate: str
+    predictions: list[ShadowPrediction]
+    batch: ShadowBatch
 
 
 @dataclass
@@ -59,6 +88,7 @@ class Labelled:
     rejected: list[DeadLetter]
     infer_s: float
     started: float
+    shadow: ShadowLabelled | None = None
 
 
 class ModelFollower:
@@ -70,7 +100,9 @@ class ModelFollower:
     """
 
     def __init__(self, production: Callable[[], ModelRef | None], load: Callable[[ModelRef], Predictor],
-                 interval_s: float = 5.0, on_swap: Callable[[str], None] | None = None) -> None:
+                 interval_s: float = 5.0, on_swap: Callable[[str], None] | None = None,
+                 shadow: Callable[[], ShadowDeployment | None] | None = None,
+                 on_shadow: Callable[[ShadowDeployment | None], None] | None = None) -> None:
         self.production = production
         self.load = load
         self.interval_s = interval_s
@@ -78,6 +110,12 @@ class ModelFollower:
         self._next_check = time.monotonic() + interval_s
         self._failed: str | None = None  # a version that would not load: not retried until production moves
         self._warned = False
+        self.shadow = shadow  # the active shadow deployment, if any (None: this worker never shadows)
+        self.on_shadow = on_shadow
+        self._next_shadow_check = 0.0  # at the first batch: a restarted worker shadows its replay too
+        self._shadow_failed: int | None = None  # a deployment whose candidate failed: not retried
+        self._shadow_skipped: int | None = None  # a deployment of the version being served (said once)
+        self._shadow_warned = False
 
     def poll(self, serving: str) -> Predictor | None:
         """A freshly loaded predictor when production is no longer ``serving``; else None."""
@@ -109,6 +147,58 @@ class ModelFollower:
             return None
         log.info("loaded production model %s in %.1fs", ref.version, time.perf_counter() - started)
         return predictor
+
+    def poll_shadow(self, serving: str, current: Shadow | None) -> Shadow | None:
+        """The shadow to run from the next batch on (``current`` itself when nothing changed; None: none).
+
+        One indexed SELECT at most every interval. A candidate is loaded like production (same device and
+        serving path); if it cannot be, that deployment is dropped and production goes on unchanged.
+        """
+        if self.shadow is None:
+            return current
+        now = time.monotonic()
+        if now < self._next_shadow_check:
+            return current
+        self._next_shadow_check = now + self.interval_s
+        try:
+            dep = self.shadow()
+        except sa_exc.ProgrammingError:  # no shadow tables yet: an older schema, so nothing to shadow
+            return None
+        except Exception as e:
+            if not self._shadow_warned:
+                log.warning("cannot read the shadow deployment (%s: %s); keeping the current one", type(e).__name__,
+                            str(e).splitlines()[0] if str(e) else "")
+                self._shadow_warned = True
+            return current
+        self._shadow_warned = False
+        if dep is None or dep.id == self._shadow_failed:
+            return None
+        if dep.candidate == serving:
+            if self._shadow_skipped != dep.id:
+                log.info("shadow deployment %d: %s is the production model now; not shadowing it", dep.id, serving)
+                self._shadow_skipped = dep.id
+            return None
+        if current is not None and current.deployment.candidate == dep.candidate:
+            return current if current.deployment == dep else Shadow(dep, current.predictor)  # e.g. a new share
+        if dep.artifact_dir is None or not (dep.artifact_dir / "config.json").exists():
+            log.warning("shadow candidate %s: %s is not readable on this machine; not shadowing it", dep.candidate,
+                        dep.artifact_dir)
+            self._shadow_failed = dep.id
+            return None
+        started = time.perf_counter()
+        try:
+            predictor = self.load(ModelRef(dep.candidate, dep.artifact_dir))
+        except Exception:
+            log.exception("cannot load shadow candidate %s from %s; not shadowing it (production unaffected)",
+                          dep.candidate, dep.artifact_dir)
+            self._shadow_failed = dep.id
+            return None
+        log.info("loaded shadow candidate %s in %.1fs", dep.candidate, time.perf_counter() - started)
+        return Shadow(dep, predictor)
+
+    def shadow_failed(self, deployment_id: int) -> None:
+        """The candidate failed while running: do not load it again for this deployment."""
+        self._shadow_failed = deployment_id
 
 
 class Retrier:
@@ -162,6 +252,7 @@ class BatchProcessor:
             drift.set_model(predictor.version, predictor.model_dir)
         self.follower = follower
         self.swaps = 0
+        self.shadow: Shadow | None = None  # set by the follower when the registry asks for a shadow run
         self.engine = engine
         self.trends = trends
         self.dead_letters = dead_letters
@@ -196,7 +287,8 @@ class BatchProcessor:
             for (record, event), pred in zip(valid, predictions, strict=True)
             if pred is not None
         ]
-        return Labelled(pairs, rejected, infer_s, started)
+        shadow = self._shadow_label(pairs, infer_s) if self.shadow is not None and pairs else None
+        return Labelled(pairs, rejected, infer_s, started, shadow)
 
     def store(self, labelled: Labelled) -> BatchResult:
         """Write the rows, dead-letter what failed, count the stored rows; retried until done or stopping."""
@@ -210,6 +302,8 @@ class BatchProcessor:
                        _kafka_transient)
         result.newly_counted = self.retry(f"Redis at {self.redis_address}", lambda: self.trends.count(stored),
                                           _redis_transient)
+        if labelled.shadow is not None:
+            self._store_shadow(labelled.shadow, {s.review_id for s in stored}, result)
         result.dead_lettered = len(rejected)
         if self.drift is not None:
             self.drift.observe(stored)
@@ -221,18 +315,91 @@ class BatchProcessor:
         if self.follower is None:
             return
         new = self.follower.poll(self.predictor.version)
-        if new is None:
+        if new is not None:
+            old = self.predictor.version
+            self.predictor = new  # the old model's last reference: freed here
+            del new
+            release_memory()
+            self.swaps += 1
+            log.info("model switched %s -> %s between batches (swap %d)", old, self.predictor.version, self.swaps)
+            if self.drift is not None:
+                self.drift.set_model(self.predictor.version, self.predictor.model_dir)
+            if self.follower.on_swap is not None:
+                self.follower.on_swap(self.predictor.version)
+        self._follow_shadow()
+
+    def _follow_shadow(self) -> None:
+        """Start, change or stop the shadow run as the registry says (between batches)."""
+        assert self.follower is not None
+        before = self.shadow
+        after = self.follower.poll_shadow(self.predictor.version, before)
+        if after is before:
             return
-        old = self.predictor.version
-        self.predictor = new  # the old model's last reference: freed here
-        del new
-        release_memory()
-        self.swaps += 1
-        log.info("model switched %s -> %s between batches (swap %d)", old, self.predictor.version, self.swaps)
-        if self.drift is not None:
-            self.drift.set_model(self.predictor.version, self.predictor.model_dir)
-        if self.follower.on_swap is not None:
-            self.follower.on_swap(self.predictor.version)
+        self._set_shadow(after)
+        if after is not None:
+            log.info("shadow evaluation: %s on %.0f%% of reviews (deployment %d), beside production %s",
+                     after.deployment.candidate, after.deployment.share * 100, after.deployment.id,
+                     self.predictor.version)
+
+    def _set_shadow(self, shadow: Shadow | None) -> None:
+        before, self.shadow = self.shadow, shadow
+        if before is not None and (shadow is None or shadow.predictor is not before.predictor):
+            log.info("shadow evaluation of %s stopped (deployment %d)", before.deployment.candidate,
+                     before.deployment.id)
+            del before
+            release_memory()
+        if self.follower is not None and self.follower.on_shadow is not None:
+            self.follower.on_shadow(shadow.deployment if shadow else None)
+
+    def _drop_shadow(self, shadow: Shadow, why: str) -> None:
+        """A candidate that fails is dropped for its deployment; production goes on as it was."""
+        log.error("shadow candidate %s %s; shadow evaluation of it dropped (production unaffected)",
+                  shadow.deployment.candidate, why, exc_info=True)
+        if self.follower is not None:
+            self.follower.shadow_failed(shadow.deployment.id)
+        if self.shadow is shadow:
+            self._set_shadow(None)
+
+    def _shadow_label(self, pairs: list[tuple[RawRecord, LabelledReview]], production_s: float
+                      ) -> ShadowLabelled | None:
+        """Label the batch's sampled reviews with the shadow candidate; None if it fails (then it is dropped)."""
+        shadow = self.shadow
+        assert shadow is not None
+        dep = shadow.deployment
+        sample = [review for _, review in pairs if in_shadow_sample(review.review_id, dep.share)]
+        t0 = time.perf_counter()
+        try:
+            preds = list(shadow.predictor.predict([r.text for r in sample])) if sample else []
+            if len(preds) != len(sample):
+                raise ValueError(f"{len(preds)} predictions for {len(sample)} texts")
+        except Exception as e:
+            self._drop_shadow(shadow, f"failed on a batch of {len(sample)} ({type(e).__name__}: {e})")
+            return None
+        candidate_s = time.perf_counter() - t0
+        first = pairs[0][0]
+        batch = ShadowBatch(dep.candidate, first.topic, first.partition, first.offset, self.predictor.version,
+                            len(pairs), len(sample), production_s * 1000, candidate_s * 1000)
+        predictions = [ShadowPrediction(r.review_id, r.model_version, r.label, p.label, p.score)
+                       for r, p in zip(sample, preds, strict=True)]
+        return ShadowLabelled(dep.id, dep.candidate, predictions, batch)
+
+    def _store_shadow(self, shadow: ShadowLabelled, stored_ids: set[str], result: BatchResult) -> None:
+        """Record the comparison for the reviews whose production row is stored (never as review labels)."""
+        predictions = [p for p in shadow.predictions if p.review_id in stored_ids]
+        try:
+            self.retry(f"Postgres at {self.postgres_address} (shadow results)",
+                       lambda: record_shadow(self.engine, shadow.candidate, predictions, shadow.batch), is_transient)
+        except Stopping:
+            raise
+        except Exception as e:
+            current = self.shadow
+            if current is not None and current.deployment.id == shadow.deployment_id:
+                self._drop_shadow(current, f"results cannot be recorded ({type(e).__name__})")
+            return
+        result.shadow_candidate = shadow.candidate
+        result.shadowed = len(predictions)
+        result.shadow_agreed = sum(p.candidate_label == p.production_label for p in predictions)
+        result.shadow_infer_s = shadow.batch.candidate_ms / 1000
 
     @staticmethod
     def _predict(predictor: Predictor, valid: list[tuple[RawRecord, ValidEvent]], rejected: list[DeadLetter]
