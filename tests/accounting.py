@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import urllib.request
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
@@ -49,6 +49,10 @@ def assert_redis_matches_sql(settings: Settings, uid: str) -> None:
                         start = start.replace(minute=0)
                     sql_counts[(start, r.label)] += 1
             assert redis_counts == sql_counts, (resolution, source)
+    # The drift monitor's per-hour confidence sum is counted exactly once too (this test's key prefix).
+    for b in counters.read(HOUR, 3):
+        in_hour = [r.score for r in rows if b.start <= r.created_at < b.start + timedelta(hours=1)]
+        assert b.total == len(in_hour) and abs(b.confidence_sum - sum(in_hour)) < 1e-3 * max(len(in_hour), 1), b
 
 
 def scrape(port: int) -> dict[str, float]:
