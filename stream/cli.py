@@ -414,18 +414,18 @@ def dashboard(
 
 @app.command()
 def status() -> None:
-    """Health of Kafka, Postgres, Redis, the workers and the model in one table; exits 1 if a service is down.
+    """Health of Kafka, Postgres, Redis, the workers, the model and drift; exits 1 if a service is down.
 
     Example: sentiment status
     """
-    from stream.services import check_kafka, check_model, check_postgres, check_redis, check_workers
+    from stream.services import check_drift, check_kafka, check_model, check_postgres, check_redis, check_workers
 
     s = get_settings()
     table = Table(title="sentiment stack")
     for col in ("service", "address", "state", "detail"):
         table.add_column(col)
     healthy = True
-    for check in (check_kafka, check_postgres, check_redis, check_workers, check_model):
+    for check in (check_kafka, check_postgres, check_redis, check_workers, check_model, check_drift):
         try:
             h = check(s)
             table.add_row(h.service, h.address, "ok" if h.ok else "degraded", h.detail)

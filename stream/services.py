@@ -152,6 +152,24 @@ def check_model(settings: Settings) -> Health:
                   else "config.json missing")
 
 
+def check_drift(settings: Settings) -> Health:
+    """The newest hour's drift score the workers stored (degraded above the threshold)."""
+    from stream.drift import latest_score
+
+    url = settings.redis.url.get_secret_value()
+    try:
+        score = latest_score(trend_counters(settings), hours=2)
+    except redis.RedisError as e:
+        raise ServiceUnavailable("Redis", redis_address(url), e) from None
+    if score is None:
+        return Health("Drift", redis_address(url), True, "no score in the last 2 hours (too few reviews, or the "
+                      "model has no reference profile)")
+    detail = (f"hour {score.hour[:13]}: {score.score:.3f} (label PSI {score.label_psi:.3f}, confidence drop "
+              f"{score.confidence_drop:+.3f}) vs threshold {score.threshold:g}, model {score.version}")
+    return Health("Drift", redis_address(url), not score.drifted,
+                  detail + ("; consider `sentiment refresh`" if score.drifted else ""))
+
+
 def create_topics(settings: Settings, partitions: int | None = None) -> list[str]:
     """Create the reviews and dead-letter topics if missing; returns those created."""
     k = settings.kafka

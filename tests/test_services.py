@@ -45,7 +45,8 @@ def test_postgres_round_trip(migrated_db: str) -> None:
         assert conn.execute(text(f"SELECT v FROM {name} WHERE k = 'a'")).scalar_one() == {"x": [1, 2]}
         # the migration ran: the table and the views exist
         assert conn.execute(text("SELECT count(*) FROM information_schema.views WHERE table_name IN "
-                                 "('sentiment_hourly', 'sentiment_hourly_total', 'recent_negative')")).scalar() == 3
+                                 "('sentiment_hourly', 'sentiment_hourly_total', 'recent_negative') "
+                                 "AND table_schema = current_schema()")).scalar() == 3
 
 
 def test_redis_round_trip() -> None:
@@ -69,6 +70,7 @@ def test_status_reports_healthy_stack(topics: Settings) -> None:
     for service in ("Kafka", "Postgres", "Redis", "Model"):
         assert re.search(rf"│ {service}\s+│[^│]+│ ok ", result.stdout), result.stdout
     assert re.search(r"│ Workers\s+│[^│]+│ degraded │.*0 worker", result.stdout), result.stdout  # none running
+    assert re.search(r"│ Drift\s+│[^│]+│ ok\s+│ no score in the last 2 hours", result.stdout), result.stdout
 
 
 def test_service_down_names_service_address_and_fix(settings: Settings) -> None:
@@ -89,4 +91,4 @@ def test_service_down_names_service_address_and_fix(settings: Settings) -> None:
         assert "Traceback" not in result.stderr
     status = _cli(["status"], env)
     assert status.returncode == 1
-    assert status.stdout.count("DOWN") == 4  # Kafka, Postgres, Redis and the workers (via Kafka)
+    assert status.stdout.count("DOWN") == 5  # Kafka, Postgres, Redis, the workers (via Kafka), drift (via Redis)
