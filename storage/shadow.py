@@ -9,7 +9,8 @@ never stored as review labels and never counted in the trends.
 Which reviews are shadowed is decided by the review id alone (``in_shadow_sample``): the first 8 bytes
 of its BLAKE2b digest, read as a fraction of 2**64, below the share. So a replayed batch shadows exactly
 the reviews it shadowed the first time, every worker agrees without talking to the others, and a
-larger share shadows a superset of a smaller one.
+larger share shadows a superset of a smaller one. ``shadow_batch`` keeps one row per labelled batch
+(keyed by its first record), replays included: its rows are timing samples, not a count of reviews.
 """
 
 from __future__ import annotations

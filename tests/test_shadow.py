@@ -310,9 +310,11 @@ def _rows_by(engine, version: str) -> int:
         return conn.execute(select(func.count()).select_from(t).where(t.c.model_version == version)).scalar_one()
 
 
+@pytest.mark.parametrize("overlap_io", ["off", "on"])  # on: shadow results stored on the store thread (GPU mode)
 def test_a_worker_shadows_a_share_without_writing_labels_and_a_replay_adds_nothing(
-        topics: Settings, uid: str, tmp_path: Path, worker_factory, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = topics
+        topics: Settings, uid: str, tmp_path: Path, worker_factory, monkeypatch: pytest.MonkeyPatch,
+        overlap_io: str) -> None:
+    settings = topics.model_copy(update={"worker": topics.worker.model_copy(update={"overlap_io": overlap_io})})
     engine = get_engine(settings.postgres.url.get_secret_value())
     a, b = f"{uid}-a", f"{uid}-b"
     _publish(engine, tmp_path, settings.model_store(), (a, b))
