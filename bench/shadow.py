@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -158,6 +159,7 @@ def main() -> None:
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
+        shutil.rmtree(tmp, ignore_errors=True)  # the model store copies and the worker log
         adm = kafka_admin(settings)
         try:
             adm.delete_topics([settings.kafka.reviews_topic, settings.kafka.dlq_topic])
