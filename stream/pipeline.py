@@ -157,7 +157,8 @@ class ModelFollower:
         if self.shadow is None:
             return current
         now = time.monotonic()
-        if now < self._next_shadow_check:
+        promoted = current is not None and current.deployment.candidate == serving  # never shadow production itself
+        if now < self._next_shadow_check and not promoted:
             return current
         self._next_shadow_check = now + self.interval_s
         try:

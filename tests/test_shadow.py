@@ -160,6 +160,20 @@ def test_a_candidate_that_fails_is_dropped_and_production_goes_on(tmp_path: Path
     assert proc.label(_records(32, "u")).shadow is not None and loads == ["cand", "cand"]
 
 
+def test_a_candidate_promoted_to_production_is_no_longer_shadowed(tmp_path: Path) -> None:
+    cand = FakePredictor("cand")
+    proc, _, _ = _processor(tmp_path, cand)
+    proc.label(_records(8))
+    assert proc.shadow is not None
+    proc.follower.interval_s = 3600  # the swap is seen at once, without waiting for the next shadow poll
+    proc.follower._next_shadow_check = time.monotonic() + 3600
+    proc.predictor = cand  # what a swap to the promoted candidate leaves
+    labelled = proc.label(_records(8, "p"))
+    sampled = sum(in_shadow_sample(f"r-{i}", 0.5) for i in range(8))
+    assert proc.shadow is None and labelled.shadow is None
+    assert cand.calls == ([sampled, 8] if sampled else [8])  # the second batch: as production only
+
+
 def test_a_candidate_that_cannot_load_is_dropped_and_production_goes_on(tmp_path: Path) -> None:
     proc, _, loads = _processor(tmp_path, OSError("truncated safetensors"))
     for k in range(3):
