@@ -70,6 +70,16 @@ class CorrectedReview:
     corrected_at: datetime
 
 
+def default_author() -> str:
+    """The login name, or '' where there is none (a container user without a passwd entry)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
+
+
 def add_correction(engine: Engine, review_id: str, label: str, author: str, note: str | None = None) -> Correction:
     """Store one correction of a labelled review."""
     if label not in LABELS:

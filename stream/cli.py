@@ -202,10 +202,8 @@ def feedback(
 
     Example: sentiment feedback r-1042 negative --by ana --note "sarcasm"
     """
-    import getpass
-
     from storage.db import get_engine
-    from storage.feedback import FeedbackError, add_correction, corrections
+    from storage.feedback import FeedbackError, add_correction, corrections, default_author
     from stream.services import check_postgres
 
     s = get_settings()
@@ -223,7 +221,7 @@ def feedback(
     if label is None:
         raise typer.BadParameter("give the corrected label: negative, neutral or positive")
     try:
-        c = add_correction(engine, review_id, label.strip().lower(), by or getpass.getuser(), note)
+        c = add_correction(engine, review_id, label.strip().lower(), by or default_author(), note)
     except FeedbackError as e:
         Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(2) from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,7 +10,7 @@ import streamlit as st
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import ProgrammingError
 
-from storage.feedback import FeedbackError, add_correction
+from storage.feedback import FeedbackError, add_correction, default_author
 from storage.reviews import count_by_label, latest_reviews
 from storage.schema import LABELS
 from storage.schema import review_sentiment as t
@@ -83,7 +82,7 @@ def correction_form(db: Engine, frame: pd.DataFrame) -> None:
         review_id = id_col.selectbox("review", list(shown), key="feedback_review",
                                      format_func=lambda rid: f"{rid} ({shown[rid]})")
         label = label_col.selectbox("correct label", LABELS, key="feedback_label")
-        author = by_col.text_input("your name", getpass.getuser(), key="feedback_author")
+        author = by_col.text_input("your name", default_author(), key="feedback_author")
         note = st.text_input("note (optional)", key="feedback_note")
         if st.form_submit_button("Save correction"):
             try:
