@@ -74,9 +74,15 @@ def latest_reviews(
     label: str | None = None,
     search: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Newest labelled reviews first (by processing time), optionally filtered."""
+    """Newest labelled reviews first (by processing time), optionally filtered; ``corrected_label`` is the
+    latest correction people made (``review_feedback``), else None."""
+    from storage.feedback import review_feedback as fb
+
+    corrected = (select(fb.c.label).where(fb.c.review_id == t.c.review_id).order_by(fb.c.id.desc()).limit(1)
+                 .scalar_subquery())
     query = select(
-        t.c.review_id, t.c.created_at, t.c.source, t.c.label, t.c.score, t.c.model_version, t.c.text
+        t.c.review_id, t.c.created_at, t.c.source, t.c.label, t.c.score, t.c.model_version, t.c.text,
+        corrected.label("corrected_label"),
     ).order_by(t.c.processed_at.desc(), t.c.review_id).limit(limit)
     if source:
         query = query.where(t.c.source == source)

@@ -179,11 +179,11 @@ def reviews(
     check_postgres(s)
     rows = latest_reviews(get_engine(s.postgres.url.get_secret_value()), limit, source, label, search)
     table = Table(title="latest labelled reviews")
-    for col in ("review_id", "created_at", "source", "label", "score", "model", "text"):
+    for col in ("review_id", "created_at", "source", "label", "score", "model", "corrected to", "text"):
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(r["review_id"], r["created_at"].strftime("%Y-%m-%d %H:%M"), r["source"], r["label"],
-                      f"{r['score']:.2f}", r["model_version"], r["text"][:120])
+                      f"{r['score']:.2f}", r["model_version"], r["corrected_label"] or "", r["text"][:120])
     console.print(table)
 
 

@@ -96,3 +96,7 @@ def test_dashboard_review_page_saves_a_correction(app_env: Settings, engine, uid
     assert f"{rid}: positive -> negative, by dash-user" in at.success[0].value
     (c,) = corrections(engine, review_id=rid)
     assert (c.label, c.previous_label, c.author, source) == ("negative", "positive", "dash-user", source)
+    at = open_page("reviews")  # the table shows the correction beside the model's label
+    at.text_input(key="reviews_search").input(f"text of {rid}").run()
+    row = at.dataframe[0].value.iloc[0]
+    assert (row["label"], row["corrected_label"]) == ("positive", "negative")

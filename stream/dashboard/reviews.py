@@ -17,7 +17,7 @@ from storage.schema import review_sentiment as t
 from stream.dashboard.ui import engine, load_settings, reaching, show_unavailable
 from stream.services import ServiceUnavailable
 
-COLUMNS = ["created_at", "source", "label", "score", "model_version", "text", "review_id"]
+COLUMNS = ["created_at", "source", "label", "corrected_label", "score", "model_version", "text", "review_id"]
 ALL = "all"
 
 
@@ -65,6 +65,7 @@ def render() -> None:
         "created_at": st.column_config.DatetimeColumn("created (UTC)", format="YYYY-MM-DD HH:mm"),
         "score": st.column_config.NumberColumn(format="%.2f"),
         "model_version": "model",
+        "corrected_label": "corrected to",
         "text": st.column_config.TextColumn(width="large"),
     })
     st.caption(f"{len(frame)} newest reviews by processing time, from Postgres at `{address}`.")
