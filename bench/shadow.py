@@ -13,35 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
-import uuid
-from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import create_engine, func, select, text
+from private_stack import SHARED, log, private_stack
+from sqlalchemy import func, select
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from storage import registry  # noqa: E402
-from storage import shadow as shadow_store  # noqa: E402
-from storage.db import get_engine  # noqa: E402
-from storage.migrate import upgrade  # noqa: E402
-from storage.schema import review_sentiment as t  # noqa: E402
-from storage.trends import HOUR, TrendCounters  # noqa: E402
-from stream.services import create_topics, kafka_admin  # noqa: E402
-from stream.settings import Settings  # noqa: E402
-
-SHARED = Path(os.environ.get("SENTIMENT_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-
-def log(msg: str) -> None:
-    print(f"[{datetime.now().strftime('%H:%M:%S')}] {msg}", flush=True)
+from storage import registry
+from storage import shadow as shadow_store
+from storage.schema import review_sentiment as t
+from storage.trends import HOUR, TrendCounters
 
 
 def main() -> None:
@@ -54,29 +35,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    uid = uuid.uuid4().hex[:8]
-    base = Settings()
-    url = base.postgres.url.get_secret_value()
-    schema = f"bench_shadow_{uid}"
-    admin = create_engine(url)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    reg_url = f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
-    tmp = Path(tempfile.mkdtemp(prefix="bench-shadow-"))
-    settings = base.model_copy(update={
-        "kafka": base.kafka.model_copy(update={"reviews_topic": f"bench-{uid}-reviews", "dlq_topic": f"bench-{uid}-dlq",
-                                               "partitions": 2}),
-        "postgres": base.postgres.model_copy(update={"url": reg_url}),
-        "redis": base.redis.model_copy(update={"key_prefix": f"bench-{uid}"}),
-        "model": base.model.model_copy(update={"dir": None, "version": None, "threads": args.threads}),
-        "worker": base.worker.model_copy(update={"app_id": f"bench-{uid}", "metrics_port": 0}),
-        "models_dir": tmp / "models",
-        "registry": base.registry.model_copy(update={"store_dir": tmp / "store"}),
-    })
-    worker = None
-    try:
-        upgrade(reg_url)
-        engine = get_engine(reg_url)
+    with private_stack("shadow", args.threads) as stack:
+        uid, settings, engine = stack.uid, stack.settings, stack.engine
         # offline scores: the runs' own TweetEval test metrics (no re-scoring: the bench measures the stream)
         known = {json.loads((r / "model" / "training_run.json").read_text())["run_id"]:
                  json.loads((r / "test_metrics.json").read_text()) for r in (args.production, args.candidate)}
@@ -97,21 +57,9 @@ def main() -> None:
                  if s.strip()]
         texts = [lines[i % len(lines)] for i in range(args.events)]
         ids = [f"{uid}-{i}" for i in range(args.events)]
-        create_topics(settings)
-        from kafka import KafkaProducer
-
-        producer = KafkaProducer(acks="all", linger_ms=5, **settings.kafka.client_options())
-        for rid, txt in zip(ids, texts, strict=True):
-            producer.send(settings.kafka.reviews_topic, key=rid.encode(),
-                          value=json.dumps({"review_id": rid, "text": txt, "source": f"bench-{uid}"}).encode())
-        producer.flush(60)
-        producer.close()
-
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SENTIMENT_")}
-        env.update(settings.to_env(), PYTHONUNBUFFERED="1")
-        log_path = tmp / "worker.log"
-        worker = subprocess.Popen([sys.executable, "-m", "stream", "worker"], cwd=REPO, env=env,
-                                  stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+        stack.produce([{"review_id": rid, "text": txt, "source": f"bench-{uid}"} for rid, txt in zip(ids, texts,
+                                                                                                   strict=True)])
+        worker = stack.start_worker()
         t0 = time.monotonic()
         expected = sum(shadow_store.in_shadow_sample(rid, args.share) for rid in ids)
 
@@ -128,7 +76,7 @@ def main() -> None:
                 break
             if worker.poll() is not None or time.monotonic() - t0 > 1800:
                 raise SystemExit(f"worker gone or too slow ({n}/{args.events} rows, {s}/{expected} shadowed):\n"
-                                 + log_path.read_text()[-3000:])
+                                 + stack.worker_log()[-3000:])
             time.sleep(1)
         wall = time.monotonic() - t0
         c = shadow_store.compare(engine, cand)
@@ -151,22 +99,6 @@ def main() -> None:
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(result, indent=2) + "\n")
-    finally:
-        if worker is not None and worker.poll() is None:
-            worker.terminate()
-            worker.wait(60)
-        get_engine(reg_url).dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
-        shutil.rmtree(tmp, ignore_errors=True)  # the model store copies and the worker log
-        adm = kafka_admin(settings)
-        try:
-            adm.delete_topics([settings.kafka.reviews_topic, settings.kafka.dlq_topic])
-        except Exception:
-            pass
-        finally:
-            adm.close()
 
 
 if __name__ == "__main__":
