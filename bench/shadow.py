@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 
 from storage import registry
 from storage import shadow as shadow_store
+from storage.sampling import in_sample
 from storage.schema import review_sentiment as t
 from storage.trends import HOUR, TrendCounters
 
@@ -61,7 +62,7 @@ def main() -> None:
                                                                                                    strict=True)])
         worker = stack.start_worker()
         t0 = time.monotonic()
-        expected = sum(shadow_store.in_shadow_sample(rid, args.share) for rid in ids)
+        expected = sum(in_sample(rid, args.share) for rid in ids)
 
         def counts() -> tuple[int, int]:
             with engine.connect() as conn:

@@ -6,16 +6,15 @@ in Redis) and then label the sampled reviews again with the candidate, keeping o
 (``shadow_prediction``: both labels; ``shadow_batch``: both models' time). The candidate's labels are
 never stored as review labels and never counted in the trends.
 
-Which reviews are shadowed is decided by the review id alone (``in_shadow_sample``): the first 8 bytes
-of its BLAKE2b digest, read as a fraction of 2**64, below the share. So a replayed batch shadows exactly
-the reviews it shadowed the first time, every worker agrees without talking to the others, and a
-larger share shadows a superset of a smaller one. ``shadow_batch`` keeps one row per labelled batch
-(keyed by its first record), replays included: its rows are timing samples, not a count of reviews.
+Which reviews are shadowed is decided by the review id alone (``storage.sampling.in_sample``), so a
+replayed batch shadows exactly the reviews it shadowed the first time, every worker agrees without
+talking to the others, and a larger share shadows a superset of a smaller one. ``shadow_batch`` keeps
+one row per labelled batch (keyed by its first record), replays included: its rows are timing samples,
+not a count of reviews.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -76,16 +75,6 @@ shadow_batch = Table(
     Column("candidate_ms", Float, nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
-
-
-def in_shadow_sample(review_id: str, share: float) -> bool:
-    """Whether a review belongs to a shadow's sample: deterministic in the id, the same in every process."""
-    if share >= 1.0:
-        return True
-    if share <= 0.0:
-        return False
-    digest = hashlib.blake2b(review_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") < share * 2**64
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -23,6 +23,12 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 console = Console()
+
+
+def _fail(err: Exception) -> NoReturn:
+    """A user's mistake or a service that is down: one red line on stderr, exit status 2, no traceback."""
+    Console(stderr=True).print(f"[red]error:[/red] {err}", highlight=False)
+    raise typer.Exit(2)
 
 
 @app.command()
@@ -223,8 +229,7 @@ def feedback(
     try:
         c = add_correction(engine, review_id, label.strip().lower(), by or default_author(), note)
     except FeedbackError as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
-        raise typer.Exit(2) from None
+        _fail(e)
     console.print(f"{c.review_id}: {c.previous_label} -> {c.label} (by {c.author}, correction #{c.id})")
 
 
@@ -253,8 +258,7 @@ def refresh(
     try:
         cfg = load_refresh_config(config)  # fail on a bad config before anything runs
     except ConfigError as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
-        raise typer.Exit(2) from None
+        _fail(e)
     if if_drift:
         check_redis(s)
         score = latest_score(trend_counters(s), hours=2)
@@ -268,8 +272,7 @@ def refresh(
         result = run_refresh(cfg, get_engine(s.postgres.url.get_secret_value()), s.model_store(),
                              s.registry.eval_set, run_id)
     except (ConfigError, DataError, RegistryError) as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
-        raise typer.Exit(2) from None
+        _fail(e)
     c = result.counts
     console.print(f"feedback: {c.corrections} corrected reviews, {c.held_out} held out, {c.added_to_train} added "
                   f"to train, {c.replaced_base_labels} base labels replaced")
@@ -452,9 +455,6 @@ def main() -> None:
     logging.getLogger("kafka").setLevel(logging.ERROR)  # its retries are reported by us, once
     try:
         app()
-    except ServiceUnavailable as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
-        sys.exit(2)
-    except FileNotFoundError as e:
+    except (ServiceUnavailable, FileNotFoundError) as e:  # raised outside a command's own handling
         Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
         sys.exit(2)

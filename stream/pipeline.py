@@ -33,7 +33,8 @@ from sqlalchemy import exc as sa_exc
 from storage.db import is_transient
 from storage.registry import ModelRef
 from storage.reviews import LabelledReview, StoredLabel, insert_reviews
-from storage.shadow import ShadowBatch, ShadowDeployment, ShadowPrediction, in_shadow_sample
+from storage.sampling import in_sample
+from storage.shadow import ShadowBatch, ShadowDeployment, ShadowPrediction
 from storage.shadow import record as record_shadow
 from storage.trends import TrendCounters
 from stream.dlq import DeadLetter, DeadLetterWriter
@@ -367,7 +368,7 @@ class BatchProcessor:
         shadow = self.shadow
         assert shadow is not None
         dep = shadow.deployment
-        sample = [review for _, review in pairs if in_shadow_sample(review.review_id, dep.share)]
+        sample = [review for _, review in pairs if in_sample(review.review_id, dep.share)]
         t0 = time.perf_counter()
         try:
             preds = list(shadow.predictor.predict([r.text for r in sample])) if sample else []

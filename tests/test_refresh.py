@@ -18,12 +18,13 @@ from storage import registry
 from storage.db import get_engine
 from storage.feedback import add_correction
 from storage.reviews import LabelledReview, insert_reviews
+from storage.sampling import in_sample
 from stream.settings import Settings
 from tests.conftest import invoke_cli
 from tests.registry_helpers import registry_schema
 from training.config import ConfigError, load_config
 from training.data import dedup_key, load_dataset
-from training.refresh import in_holdout, load_refresh_config, run_refresh
+from training.refresh import load_refresh_config, run_refresh
 from training.tiny import build_tiny_model, synthetic_rows, write_synthetic_csv
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -83,7 +84,7 @@ def test_feedback_flows_into_the_next_refresh_and_a_worse_candidate_is_not_promo
     assert not {dedup_key(t) for t, _ in new_rows} & base_keys
     wrong = {"negative": "positive", "neutral": "negative", "positive": "neutral"}  # what the live model said
     reviews = [review(f"{uid}-{i}", text, wrong[label]) for i, (text, label) in enumerate(new_rows)]
-    relabel_id = next(f"{uid}-base-{k}" for k in range(100) if not in_holdout(f"{uid}-base-{k}", HOLDOUT_SHARE))
+    relabel_id = next(f"{uid}-base-{k}" for k in range(100) if not in_sample(f"{uid}-base-{k}", HOLDOUT_SHARE))
     base_text, base_label = base.train.texts[0], base.train.labels[0]
     other = ["negative", "neutral", "positive"][(base_label + 1) % 3]
     reviews.append(review(relabel_id, base_text, ["negative", "neutral", "positive"][base_label]))
@@ -91,7 +92,7 @@ def test_feedback_flows_into_the_next_refresh_and_a_worse_candidate_is_not_promo
     for i, (_, label) in enumerate(new_rows):  # people put the right label back
         add_correction(engine, f"{uid}-{i}", label, "ana")
     add_correction(engine, relabel_id, other, "ana")
-    held = [r.review_id for r in reviews if in_holdout(r.review_id, HOLDOUT_SHARE)]
+    held = [r.review_id for r in reviews if in_sample(r.review_id, HOLDOUT_SHARE)]
     assert 0 < len(held) < 41
 
     # 3. A refresh whose candidate is worse (one optimizer step): scored on the same sets, recorded, not promoted.
@@ -154,7 +155,7 @@ def test_a_bad_refresh_config_names_the_key(tmp_path: Path, settings: Settings) 
 
 def test_holdout_membership_is_fixed_per_review() -> None:
     ids = [f"r-{i}" for i in range(4000)]
-    share = sum(in_holdout(i, 0.2) for i in ids) / len(ids)
+    share = sum(in_sample(i, 0.2) for i in ids) / len(ids)
     assert 0.17 < share < 0.23
-    assert [in_holdout(i, 0.2) for i in ids[:50]] == [in_holdout(i, 0.2) for i in ids[:50]]
-    assert all(not in_holdout(i, 0.0) for i in ids[:100])
+    assert [in_sample(i, 0.2) for i in ids[:50]] == [in_sample(i, 0.2) for i in ids[:50]]
+    assert all(not in_sample(i, 0.0) for i in ids[:100])

@@ -23,6 +23,7 @@ from storage import registry
 from storage import shadow as shadow_store
 from storage.db import get_engine
 from storage.registry import RegistryError
+from storage.sampling import in_sample
 from storage.schema import LABELS
 from storage.schema import review_sentiment as t
 from storage.shadow import (
@@ -30,7 +31,6 @@ from storage.shadow import (
     ShadowBatch,
     ShadowDeployment,
     ShadowPrediction,
-    in_shadow_sample,
     shadow_batch,
     shadow_prediction,
 )
@@ -48,18 +48,18 @@ from tests.registry_helpers import fake_run, fixed_scores, registry_schema
 def test_sampling_is_deterministic_proportional_and_nested() -> None:
     ids = [f"review-{i}" for i in range(40_000)]
     for share in (0.05, 0.2, 0.5, 0.9):
-        frac = sum(in_shadow_sample(i, share) for i in ids) / len(ids)
+        frac = sum(in_sample(i, share) for i in ids) / len(ids)
         assert abs(frac - share) < 0.01, (share, frac)
-    assert all(in_shadow_sample(i, 1.0) for i in ids[:1000])
-    assert not any(in_shadow_sample(i, 0.0) for i in ids[:1000])
-    small = {i for i in ids if in_shadow_sample(i, 0.2)}
-    large = {i for i in ids if in_shadow_sample(i, 0.5)}
+    assert all(in_sample(i, 1.0) for i in ids[:1000])
+    assert not any(in_sample(i, 0.0) for i in ids[:1000])
+    small = {i for i in ids if in_sample(i, 0.2)}
+    large = {i for i in ids if in_sample(i, 0.5)}
     assert small < large  # a larger share shadows a superset: growing a shadow keeps its reviews
     # the documented rule, independent of the process (no salted hash()): BLAKE2b-64 of the id < share * 2**64
     for rid in ("r-1", "r-2", "ünïcode-ид", "x" * 256):
         h = int.from_bytes(hashlib.blake2b(rid.encode(), digest_size=8).digest(), "big")
         for share in (0.1, 0.5, 0.75):
-            assert in_shadow_sample(rid, share) == (h < share * 2**64)
+            assert in_sample(rid, share) == (h < share * 2**64)
 
 
 def test_comparison_statistics() -> None:
@@ -137,7 +137,7 @@ def test_the_candidate_labels_only_the_sample_and_changes_no_production_label(tm
     assert loads == ["cand"] and proc.shadow is not None
     assert [r.label for _, r in labelled.pairs] == [LABELS[(i + 1) % 3] for i in range(64)]  # production's
     assert {r.model_version for _, r in labelled.pairs} == {"prod"}
-    sample = [f"r-{i}" for i in range(64) if in_shadow_sample(f"r-{i}", 0.5)]
+    sample = [f"r-{i}" for i in range(64) if in_sample(f"r-{i}", 0.5)]
     s = labelled.shadow
     assert s is not None and [p.review_id for p in s.predictions] == sample and cand.calls == [len(sample)]
     assert all(p.candidate_label == "neutral" and p.production_version == "prod" for p in s.predictions)
@@ -169,7 +169,7 @@ def test_a_candidate_promoted_to_production_is_no_longer_shadowed(tmp_path: Path
     proc.follower._next_shadow_check = time.monotonic() + 3600
     proc.predictor = cand  # what a swap to the promoted candidate leaves
     labelled = proc.label(_records(8, "p"))
-    sampled = sum(in_shadow_sample(f"r-{i}", 0.5) for i in range(8))
+    sampled = sum(in_sample(f"r-{i}", 0.5) for i in range(8))
     assert proc.shadow is None and labelled.shadow is None
     assert cand.calls == ([sampled, 8] if sampled else [8])  # the second batch: as production only
 
@@ -351,7 +351,7 @@ def test_a_worker_shadows_a_share_without_writing_labels_and_a_replay_adds_nothi
     assert _rows_by(engine, b) == 0  # not a single row under the candidate's version
     assert_redis_matches_sql(settings, uid)  # and the trends count exactly the stored rows
 
-    expected = {rid for rid in sent if in_shadow_sample(rid, share)}
+    expected = {rid for rid in sent if in_sample(rid, share)}
     shadowed = _shadow_rows(engine, b)
     assert len(shadowed) == len({s.review_id for s in shadowed})  # nothing twice after the replay
     assert {s.review_id for s in shadowed} == expected  # exactly the sampled reviews, none missing

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from stream.predictor import Predictor
+from tests.test_training_run import tiny_config
 from training.config import config_from_dict
 from training.evaluate import DataSpec, evaluate_model
 from training.heads import MODEL_TYPE, MeanPoolingForSequenceClassification, mean_pool
@@ -45,24 +46,10 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def mean_config(workdir: Path, **extra):
-    settings = {
-        "name": "tiny-mean",
-        "base_model": str(workdir / "bert"),
-        "pooling": "mean",
-        "data": {"path": str(workdir / "synthetic.csv"), "split": {"validation": 0.1, "test": 0.2}},
-        "max_length": 32,
-        "batch_size": 16,
-        "learning_rate": 2e-3,
-        "warmup_ratio": 0.0,
-        "epochs": 6,
-        "eval_steps": 40,
-        "save_top_k": 1,
-        "num_threads": 1,
-        "logging_steps": 10,
-        "metric_for_best_model": "macro_recall",
-    }
-    settings.update(extra)
-    return config_from_dict(settings)
+    """The training tests' tiny config (tests/test_training_run.py) on the BERT checkpoint, mean pooling."""
+    settings = {"name": "tiny-mean", "base_model": str(workdir / "bert"), "pooling": "mean", "epochs": 6,
+                "eval_steps": 40, "save_top_k": 1, "metric_for_best_model": "macro_recall"}
+    return tiny_config(workdir, **(settings | extra))
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from sqlalchemy import Engine
 
 from storage import registry
 from storage.feedback import CorrectedReview, corrected_reviews
+from storage.sampling import in_sample
 from training.config import LABELS, ConfigError, ExperimentConfig, format_validation_error, load_config, read_yaml
 from training.data import LABEL_TO_ID, LabelledData, Split, clean_text, dedup_key, load_dataset
 
@@ -75,12 +76,6 @@ def load_refresh_config(path: str | Path) -> RefreshConfig:
     return config
 
 
-def in_holdout(review_id: str, share: float) -> bool:
-    """Fixed per review: the first 8 bytes of sha256(review_id) as a fraction of 2**64, below ``share``."""
-    digest = hashlib.sha256(review_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < share
-
-
 @dataclass
 class FeedbackCounts:
     corrections: int = 0  # corrected reviews (latest correction each)
@@ -105,15 +100,18 @@ def merge_feedback(base: LabelledData, feedback: list[CorrectedReview], config: 
     counts = FeedbackCounts(corrections=len(feedback),
                             changed_label=sum(f.label != f.model_label for f in feedback))
     clean = config.data.clean
-    holdout = [f for f in feedback if in_holdout(f.review_id, holdout_share)]
-    train_fb = [f for f in feedback if not in_holdout(f.review_id, holdout_share)]
+    holdout: list[CorrectedReview] = []
+    train_fb: list[CorrectedReview] = []
+    for f in feedback:
+        (holdout if in_sample(f.review_id, holdout_share) else train_fb).append(f)
     held_keys = {dedup_key(clean_text(f.text, clean)) for f in holdout}
     train_labels: dict[str, int] = {}  # key -> label id; for equal texts the latest correction wins
     texts: dict[str, str] = {}
     for f in sorted(train_fb, key=lambda f: f.corrected_at):
-        key = dedup_key(clean_text(f.text, clean))
+        text = clean_text(f.text, clean)
+        key = dedup_key(text)
         if key and key not in held_keys:
-            train_labels[key], texts[key] = LABEL_TO_ID[f.label], clean_text(f.text, clean)
+            train_labels[key], texts[key] = LABEL_TO_ID[f.label], text
     counts.held_out = len(holdout)
 
     seen: set[str] = set()
