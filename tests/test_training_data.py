@@ -226,6 +226,26 @@ def test_cleaning_rules_are_optional() -> None:
     assert clean_text("a@b.com", CleaningConfig(mentions=True)) == "a@b.com"  # e-mail, not a mention
 
 
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("can\\u2019t see him\\u002c sadly", "can’t see him, sadly"),  # literal escapes, as in TweetEval train
+        ("R&amp;B &lt;3 &quot;ok&quot;", 'R&B <3 "ok"'),
+        ('"QT @user Remus survived." ', "QT @user Remus survived."),  # quotes around the whole text
+        ('@user he will bring Messi by 2017"', "@user he will bring Messi by 2017"),  # a stray end quote
+        ('"\\"""" SOUL TRAIN\\"""" tonight"', 'SOUL TRAIN" tonight"'),  # CSV-doubled quotes collapse
+        ('"hi" and "bye"', '"hi" and "bye"'),  # real quotes stay
+        ("lol \\ud83d\\ude02 and \\ud83d alone", "lol 😂 and \\ud83d alone"),  # surrogate pair; a lone half stays
+        ("plain text", "plain text"),
+    ],
+)
+def test_unescape_undoes_export_artifacts(raw: str, clean: str) -> None:
+    from training.config import CleaningConfig
+
+    assert clean_text(raw, CleaningConfig(unescape=True)) == clean
+    assert clean_text(raw, CleaningConfig()) == raw.strip()  # opt-in: off by default
+
+
 # --- splitting --------------------------------------------------------------------------------------------
 
 

@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 from training.cli import app, experiments
 from training.config import config_from_dict
 from training.evaluate import DataSpec, evaluate_model
-from training.modeling import encoder_layers, freeze
+from training.modeling import encoder_layers, freeze, layerwise_param_groups
 from training.tiny import build_tiny_model, write_synthetic_csv
 from training.tracker import read_runs
-from training.train import balanced_weights, run_experiment
+from training.train import balanced_weights, build_training_args, run_experiment
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -222,3 +222,54 @@ def test_cli_bad_data_names_the_row(tmp_path: Path, workdir: Path) -> None:
 def test_every_command_has_help_with_an_example(command: str) -> None:
     result = CliRunner().invoke(app, [command, "--help"])
     assert result.exit_code == 0 and "Example" in result.output
+
+
+def test_layerwise_lr_groups_decay_from_head_to_embeddings(workdir: Path) -> None:
+    model = AutoModelForSequenceClassification.from_pretrained(workdir / "bert")  # 3 layers
+    decayed = {n for n, _ in model.named_parameters() if "bias" not in n and "LayerNorm" not in n}
+    groups = layerwise_param_groups(model, 1e-3, 0.5, 0.01, decayed)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    wd_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert len(lr_of) == len(named)  # every parameter in exactly one group
+    expected = {"classifier.": 1e-3, "bert.pooler.": 1e-3, "bert.encoder.layer.2.": 5e-4,
+                "bert.encoder.layer.0.": 1.25e-4, "bert.embeddings.": 6.25e-5}
+    for name, param in named.items():
+        lr = next(v for prefix, v in expected.items() if name.startswith(prefix)) if any(
+            name.startswith(p) for p in expected) else None
+        if lr is not None:
+            assert lr_of[id(param)] == pytest.approx(lr), name
+        assert wd_of[id(param)] == (0.01 if name in decayed else 0.0), name
+
+
+def test_layer_lr_decay_and_label_smoothing_reach_the_optimizer(workdir: Path) -> None:
+    """A steep decay leaves the embeddings almost where they were while the plain run moves them."""
+    before = load_file(workdir / "bert" / "model.safetensors")
+    key = "bert.embeddings.word_embeddings.weight"
+
+    def embedding_shift(**extra) -> float:
+        cfg = tiny_config(workdir, base_model=str(workdir / "bert"), max_steps=20, eval_steps=10, **extra)
+        result = run_experiment(cfg, workdir / f"llrd-{len(extra)}")
+        after = load_file(result.model_dir / "model.safetensors")
+        return (after[key] - before[key]).abs().sum().item()
+
+    plain = embedding_shift()
+    steep = embedding_shift(layer_lr_decay=0.05, label_smoothing=0.1)
+    assert steep < plain / 20
+    smoothed = tiny_config(workdir, label_smoothing=0.1)
+    assert build_training_args(smoothed, workdir / "args", "cpu").label_smoothing_factor == 0.1
+
+
+def test_tracker_rewrites_an_older_header_before_appending(tmp_path: Path) -> None:
+    """A CSV from before a column existed keeps its rows, each value under its own column."""
+    from training.tracker import COLUMNS, append_row
+
+    old_columns = [c for c in COLUMNS if c not in ("pooling", "clean")]
+    path = tmp_path / "experiments.csv"
+    path.write_text(",".join(old_columns) + "\n" + ",".join(
+        {"run_id": "old", "seed": "7", "test_macro_recall": "0.5"}.get(c, "") for c in old_columns) + "\n")
+    append_row(path, {"run_id": "new", "pooling": "mean", "seed": 8, "test_macro_recall": 0.75})
+    rows = read_runs(path)
+    assert path.read_text().splitlines()[0] == ",".join(COLUMNS)
+    assert [(r["run_id"], r["seed"], r["pooling"], r["test_macro_recall"]) for r in rows] == [
+        ("old", "7", "", "0.5"), ("new", "8", "mean", "0.75")]

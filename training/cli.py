@@ -29,7 +29,7 @@ SetOpt = Annotated[
 ]
 
 
-SUMMARY_COLUMNS = ["run_id", "name", "learning_rate", "freeze_layers", "class_weights", "val_macro_recall",
+SUMMARY_COLUMNS = ["run_id", "name", "learning_rate", "freeze_layers", "class_weights", "pooling", "val_macro_recall",
                    "test_accuracy", "test_macro_f1", "test_macro_recall", "train_samples_per_s", "train_time_s",
                    "wall_time_s"]
 

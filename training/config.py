@@ -22,6 +22,11 @@ class Strict(BaseModel):
 class CleaningConfig(Strict):
     """Optional text cleaning, applied identically to every split (and by ``evaluate``)."""
 
+    unescape: bool = Field(
+        False,
+        description="undo export artifacts: HTML entities (&amp;), literal \\uXXXX escapes, CSV-doubled quotes "
+        "and stray quotes wrapping the whole text",
+    )
     urls: bool = Field(False, description="replace http(s)/www links with the token 'http'")
     mentions: bool = Field(False, description="replace @handles with '@user' (TweetEval's convention)")
     whitespace: bool = Field(True, description="collapse runs of whitespace and strip the ends")
@@ -114,6 +119,11 @@ class ExperimentConfig(Strict):
     )
     freeze_layers: int = Field(0, ge=0, description="number of lower transformer layers to freeze")
     freeze_embeddings: bool | None = Field(None, description="default: frozen when freeze_layers > 0")
+    layer_lr_decay: float = Field(
+        1.0, gt=0, le=1, description="layer-wise LR decay: head at learning_rate, block i from the top at "
+        "learning_rate * decay**i, embeddings one step lower; 1 = one rate for all"
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="share of each target spread over all classes")
     class_weights: Literal["none", "balanced", "sqrt"] = Field(
         "none", description="balanced: n / (3 * count(class)); sqrt: its square root, a milder correction"
     )

@@ -83,6 +83,29 @@ def freeze(model: PreTrainedModel, n_layers: int, embeddings: bool) -> list[str]
     return names
 
 
+def layerwise_param_groups(
+    model: PreTrainedModel, lr: float, decay: float, weight_decay: float, decayed: set[str]
+) -> list[dict]:
+    """Optimizer groups for layer-wise LR decay: the head at ``lr``, block i from the top at ``lr * decay**i``.
+
+    The embeddings sit one step below the lowest block. Lower layers hold general language knowledge a
+    small data set should bend less (ULMFiT's discriminative fine-tuning); ``decayed`` names the
+    parameters that get weight decay (``Trainer.get_decay_parameter_names``).
+    """
+    layers = encoder_layers(model)
+    depth = {id(p): 0 for p in model.base_model.embeddings.parameters()}
+    depth |= {id(p): i + 1 for i, layer in enumerate(layers) for p in layer.parameters()}
+    top = len(layers) + 1
+    buckets: dict[tuple[int, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            buckets.setdefault((depth.get(id(param), top), name in decayed), []).append(param)
+    return [
+        {"params": params, "lr": lr * decay ** (top - d), "weight_decay": weight_decay if wd else 0.0}
+        for (d, wd), params in sorted(buckets.items())
+    ]
+
+
 def count_parameters(model: nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -11,7 +11,8 @@ from typing import Any
 
 COLUMNS = [
     "run_id", "finished_at", "name", "base_model", "max_length", "batch_size", "grad_accum", "learning_rate",
-    "scheduler", "warmup", "epochs", "max_steps", "freeze_layers", "class_weights", "seed", "train_rows",
+    "scheduler", "warmup", "epochs", "max_steps", "freeze_layers", "class_weights", "pooling", "layer_lr_decay",
+    "label_smoothing", "clean", "seed", "train_rows",
     "steps", "best_step", "val_macro_recall", "val_macro_f1", "test_accuracy", "test_macro_f1",
     "test_macro_recall", "train_samples_per_s", "train_time_s", "wall_time_s", "device", "run_dir",
 ]
@@ -19,9 +20,22 @@ MAIN_METRICS = ("test_accuracy", "test_macro_f1", "test_macro_recall")
 
 
 def append_row(csv_path: Path, row: dict[str, Any]) -> None:
-    """Append one run; the header is written when the file is new. Unknown keys are ignored."""
+    """Append one run; the header is written when the file is new. Unknown keys are ignored.
+
+    A file written before a column was added is rewritten once under the current header (old rows get
+    blanks there), so a row never lands under the wrong column.
+    """
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     new = not csv_path.exists() or csv_path.stat().st_size == 0
+    if not new:
+        with csv_path.open(newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), [])
+        if header != COLUMNS:
+            old = read_runs(csv_path)
+            with csv_path.open("w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(old)
     with csv_path.open("a", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
         if new:

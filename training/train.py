@@ -33,7 +33,7 @@ from training import metrics as M
 from training import tracker
 from training.config import LABELS, ConfigError, ExperimentConfig, dump_config
 from training.data import LabelledData, Split, load_dataset
-from training.modeling import count_parameters, freeze, load_base
+from training.modeling import count_parameters, freeze, layerwise_param_groups, load_base
 
 CHECKPOINTS = "checkpoints"
 
@@ -67,12 +67,24 @@ class EncodedSplit(Dataset):
 
 
 class SentimentTrainer(Trainer):
-    """``Trainer`` with optional class weights in the loss and a count of training samples seen."""
+    """``Trainer`` with class weights in the loss, layer-wise LR decay and a count of training samples seen."""
 
-    def __init__(self, *args: Any, class_weights: torch.Tensor | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, class_weights: torch.Tensor | None = None, layer_lr_decay: float = 1.0,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.class_weights = class_weights
+        self.layer_lr_decay = layer_lr_decay
         self.samples_seen = 0
+
+    def create_optimizer(self, model=None):  # noqa: D102
+        if self.layer_lr_decay == 1.0 or self.optimizer is not None:
+            return super().create_optimizer(model)
+        model = model or self.model
+        groups = layerwise_param_groups(model, self.args.learning_rate, self.layer_lr_decay,
+                                        self.args.weight_decay, set(self.get_decay_parameter_names(model)))
+        optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = optimizer_cls(groups, **kwargs)
+        return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D102
         if self.class_weights is None:
@@ -82,7 +94,8 @@ class SentimentTrainer(Trainer):
         labels = inputs.pop("labels")
         outputs = model(**inputs)
         weights = self.class_weights.to(outputs.logits.device)
-        per_item = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, reduction="none")
+        per_item = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, reduction="none",
+                                                     label_smoothing=self.args.label_smoothing_factor)
         loss = (per_item * weights[labels]).sum() / weights[labels].sum()
         if model.training:
             self.samples_seen += int(labels.shape[0])
@@ -222,6 +235,7 @@ def build_training_args(config: ExperimentConfig, output_dir: Path, device: str)
         warmup_steps=config.warmup,
         lr_scheduler_type=config.scheduler,
         max_grad_norm=config.max_grad_norm,
+        label_smoothing_factor=config.label_smoothing,
         num_train_epochs=config.epochs or 1.0,
         max_steps=config.max_steps or -1,
         eval_strategy="steps",
@@ -320,6 +334,7 @@ def run_experiment(
         compute_metrics=_compute_metrics,
         callbacks=cb + list(callbacks or []),
         class_weights=weights,
+        layer_lr_decay=config.layer_lr_decay,
     )
     has_ckpt = resume and any(ckpt_dir.glob("checkpoint-*"))
     train_out = trainer.train(resume_from_checkpoint=True if has_ckpt else None)
@@ -384,7 +399,10 @@ def run_experiment(
         "grad_accum": config.gradient_accumulation_steps, "learning_rate": config.learning_rate,
         "scheduler": config.scheduler, "warmup": config.warmup, "epochs": config.epochs,
         "max_steps": config.max_steps, "freeze_layers": config.freeze_layers,
-        "class_weights": config.class_weights, "seed": config.seed, "train_rows": len(data.train),
+        "class_weights": config.class_weights, "pooling": config.pooling,
+        "layer_lr_decay": config.layer_lr_decay, "label_smoothing": config.label_smoothing,
+        "clean": "+".join(k for k, on in config.data.clean.model_dump().items() if on),
+        "seed": config.seed, "train_rows": len(data.train),
         "steps": trainer.state.global_step, "best_step": best_step,
         "val_macro_recall": validation["macro_recall"], "val_macro_f1": validation["macro_f1"],
         "test_accuracy": test.get("accuracy"), "test_macro_f1": test.get("macro_f1"),
