@@ -37,7 +37,7 @@ from stream.dlq import DeadLetterWriter
 from stream.drift import DriftMonitor, refresh_starter
 from stream.events import RawRecord
 from stream.pipeline import BatchProcessor, BatchResult, ModelFollower, Retrier, Stopping
-from stream.predictor import model_version, predictor_from_settings, resolve_model_dir
+from stream.predictor import predictor_from_settings, serving_model
 from stream.services import redis_address, trend_counters
 from stream.settings import Settings
 
@@ -57,20 +57,18 @@ def registry_production(engine: Engine) -> ModelRef | None:
 
 
 def _startup_model(settings: Settings, engine: Engine, retrier: Retrier) -> ModelRef:
-    """The model to start with: the pinned dir, else the registry's production, else models_dir/current."""
+    """The model to start with (``serving_model``), waiting out a Postgres that is not up yet."""
     from sqlalchemy import exc as sa_exc
 
-    if settings.model.dir is None:
+    def production() -> ModelRef | None:
         try:
-            ref = retrier("Postgres (model registry)", lambda: registry_production(engine), is_transient)
+            return retrier("Postgres (model registry)", lambda: registry_production(engine), is_transient)
         except sa_exc.ProgrammingError:
             log.warning("no model registry in Postgres yet (run `sentiment init`); using %s/current",
                         settings.models_dir)
-            ref = None
-        if ref is not None:
-            return ref
-    model_dir = resolve_model_dir(settings)
-    return ModelRef(settings.model.version or model_version(model_dir), model_dir)
+            return None
+
+    return serving_model(settings, production)[0]
 
 
 def build_processor(settings: Settings, stop: threading.Event) -> BatchProcessor:

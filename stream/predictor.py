@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from storage.registry import ModelRef
 from storage.schema import LABELS
 from stream.settings import ModelSettings, Settings
 
@@ -163,6 +164,21 @@ def resolve_model_dir(settings: Settings) -> Path:
         f"no model configured and none at {current}: run `make demo` (trains a small one), or "
         "`sentiment train configs/baseline.yaml`, or set SENTIMENT_MODEL__DIR to a Hugging Face model dir"
     )
+
+
+def serving_model(settings: Settings, production: Callable[[], ModelRef | None]) -> tuple[ModelRef, str]:
+    """The one rule for which model a worker serves, and where it came from (pinned, registry or current).
+
+    The pinned ``SENTIMENT_MODEL__DIR``, else the registry's production version (``production()``, None
+    when there is none), else ``models_dir/current``. The worker and ``sentiment status`` both ask here.
+    """
+    if settings.model.dir is None:
+        ref = production()
+        if ref is not None:
+            return ref, "registry"
+    model_dir = resolve_model_dir(settings)
+    return (ModelRef(settings.model.version or model_version(model_dir), model_dir),
+            "current" if settings.model.dir is None else "pinned")
 
 
 class Predictor:

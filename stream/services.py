@@ -126,30 +126,28 @@ def check_workers(settings: Settings) -> Health:
 
 
 def check_model(settings: Settings) -> Health:
-    """Which model a worker started now would serve: the pinned dir, the registry's production, or current."""
+    """Which model a worker started now would serve (``serving_model``), and whether it is readable here."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from storage import registry
-    from stream.predictor import model_version, resolve_model_dir
+    from stream.predictor import serving_model
 
-    if settings.model.dir is None:
-        url = settings.postgres.url.get_secret_value()
+    def production() -> registry.ModelRef | None:
         try:
-            ref = registry.production(get_engine(url))
+            return registry.production(get_engine(settings.postgres.url.get_secret_value()))
         except SQLAlchemyError:
-            ref = None  # no registry yet (or Postgres down: its own row says so)
-        if ref is not None:
-            ok = (ref.artifact_dir / "config.json").exists()
-            return Health("Model", str(ref.artifact_dir), ok, f"production {ref.version} (registry)" if ok
-                          else f"production {ref.version}: artifact not readable here")
+            return None  # no registry yet (or Postgres down: its own row says so)
+
     try:
-        path = resolve_model_dir(settings)
+        ref, source = serving_model(settings, production)
     except FileNotFoundError as e:
         return Health("Model", str(settings.models_dir / "current"), False, str(e).split(":", 1)[0]
                       + " (run `make demo` or `sentiment train ...`)")
-    ok = (path / "config.json").exists()
-    return Health("Model", str(path), ok, f"version {settings.model.version or model_version(path)}" if ok
-                  else "config.json missing")
+    ok = (ref.artifact_dir / "config.json").exists()
+    if source == "registry":
+        return Health("Model", str(ref.artifact_dir), ok, f"production {ref.version} (registry)" if ok
+                      else f"production {ref.version}: artifact not readable here")
+    return Health("Model", str(ref.artifact_dir), ok, f"version {ref.version}" if ok else "config.json missing")
 
 
 def check_drift(settings: Settings) -> Health:
