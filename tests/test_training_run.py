@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from training.cli import app, experiments
 from training.config import config_from_dict
+from training.distill import predict_logits, teacher_probabilities
 from training.evaluate import DataSpec, evaluate_model
 from training.modeling import encoder_layers, freeze, layerwise_param_groups
 from training.tiny import build_tiny_model, write_synthetic_csv
@@ -273,3 +274,36 @@ def test_tracker_rewrites_an_older_header_before_appending(tmp_path: Path) -> No
     assert path.read_text().splitlines()[0] == ",".join(COLUMNS)
     assert [(r["run_id"], r["seed"], r["pooling"], r["test_macro_recall"]) for r in rows] == [
         ("old", "7", "", "0.5"), ("new", "8", "mean", "0.75")]
+
+
+def test_teacher_probabilities_average_the_teachers(trained, workdir: Path) -> None:
+    texts = ["great love excellent", "terrible hate awful", "the okay a this"]
+    alone = torch.softmax(torch.from_numpy(predict_logits(trained.run_dir, texts)) / 2.0, dim=-1).numpy()
+    other = run_experiment(tiny_config(workdir, seed=7, epochs=2), workdir / "teacher-b")
+    other_probs = torch.softmax(torch.from_numpy(predict_logits(other.model_dir, texts)) / 2.0, dim=-1).numpy()
+    both = teacher_probabilities([trained.run_dir, other.model_dir], texts, temperature=2.0)
+    assert both == pytest.approx((alone + other_probs) / 2, abs=1e-5)
+    assert both.sum(axis=1) == pytest.approx([1.0] * 3, abs=1e-5)
+
+
+def test_distilled_student_follows_its_teacher_over_the_gold_labels(workdir: Path) -> None:
+    """A teacher that swaps negative and positive: with weight 1 the student learns the swap, not the data."""
+    swapped = {"negative": "positive", "neutral": "neutral", "positive": "negative"}
+    teacher = run_experiment(tiny_config(workdir, data={"path": str(workdir / "synthetic.csv"), "label_map": swapped,
+                                                        "split": {"validation": 0.1, "test": 0.2}}),
+                             workdir / "swapped-teacher")
+    assert teacher.test["accuracy"] > 0.6  # it learned the swapped labels
+    student = run_experiment(tiny_config(workdir, distill={"teachers": [str(teacher.run_dir)], "weight": 1.0}),
+                             workdir / "student")
+    assert (student.run_dir / "teacher_probs.npy").is_file()
+    texts = ["great love excellent", "terrible hate awful"]
+    teacher_says = predict_logits(teacher.model_dir, texts).argmax(-1).tolist()
+    student_says = predict_logits(student.model_dir, texts).argmax(-1).tolist()
+    assert teacher_says == [0, 2] and student_says == teacher_says  # negative for "great", positive for "terrible"
+    assert student.test["accuracy"] < 0.5  # scored against the true labels it never followed
+
+
+def test_distill_config_names_a_missing_teacher(workdir: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no-such-teacher"):
+        run_experiment(tiny_config(workdir, distill={"teachers": [str(workdir / "no-such-teacher")]}),
+                       workdir / "bad-teacher")

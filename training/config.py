@@ -89,6 +89,16 @@ class DataConfig(Strict):
         return self
 
 
+class DistillConfig(Strict):
+    """Soft targets from teacher models (``training.distill``) next to the gold labels."""
+
+    teachers: list[str] = Field(..., min_length=1, description="model or run directories; their probabilities "
+                                "are averaged (they read the student's cleaned text)")
+    weight: float = Field(0.5, ge=0, le=1, description="share of the loss from the teachers; the rest is the "
+                          "usual cross-entropy on the gold labels")
+    temperature: float = Field(1.0, gt=0, description="softens teacher and student distributions alike")
+
+
 class ExperimentConfig(Strict):
     """One fine-tuning experiment. Field names follow Hugging Face ``TrainingArguments`` where they exist."""
 
@@ -124,6 +134,7 @@ class ExperimentConfig(Strict):
         "learning_rate * decay**i, embeddings one step lower; 1 = one rate for all"
     )
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="share of each target spread over all classes")
+    distill: DistillConfig | None = None
     class_weights: Literal["none", "balanced", "sqrt"] = Field(
         "none", description="balanced: n / (3 * count(class)); sqrt: its square root, a milder correction"
     )

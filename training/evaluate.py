@@ -8,15 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from tqdm.auto import tqdm
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-from training import heads  # noqa: F401  (registers the mean-pooling head with the Auto classes)
 from training import metrics as M
-from training.config import LABELS, CleaningConfig
+from training.config import CleaningConfig
 from training.data import load_split_file
+from training.distill import predict_logits
 
 
 @dataclass
@@ -41,18 +36,6 @@ def _training_cleaning(model_dir: Path) -> CleaningConfig | None:
     return CleaningConfig.model_validate(clean) if clean else None
 
 
-def _model_label_order(model) -> list[int]:
-    """Column of the model's logits for each of our label ids (models may order labels differently)."""
-    id2label = {int(k): str(v).lower() for k, v in model.config.id2label.items()}
-    by_name = {name: i for i, name in id2label.items()}
-    missing = [n for n in LABELS if n not in by_name]
-    if missing:
-        raise ValueError(
-            f"model's id2label {model.config.id2label} lacks {missing}; expected negative/neutral/positive"
-        )
-    return [by_name[n] for n in LABELS]
-
-
 def evaluate_model(
     model_dir: str | Path,
     data: DataSpec,
@@ -72,22 +55,9 @@ def evaluate_model(
     split = load_split_file(data.path, fmt=data.format, text_column=data.text_column,
                             label_column=data.label_column, label_map=data.label_map, cleaning=cleaning,
                             split=data.split)
-    if max_length is None:
-        info = model_dir / "training_run.json"
-        max_length = json.loads(info.read_text())["config"]["max_length"] if info.exists() else 128
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    columns = _model_label_order(model)
-    order = np.argsort([len(t) for t in split.texts])  # similar lengths per batch: less padding
-    preds = np.empty(len(split), dtype=np.int64)
     start = time.perf_counter()
-    with torch.inference_mode():
-        for lo in tqdm(range(0, len(order), batch_size), desc="evaluate", unit="batch"):
-            idx = order[lo: lo + batch_size]
-            enc = tokenizer([split.texts[i] for i in idx], truncation=True, max_length=max_length,
-                            padding=True, return_tensors="pt")
-            logits = model(**enc).logits[:, columns]
-            preds[idx] = logits.argmax(-1).numpy()
+    logits = predict_logits(model_dir, split.texts, max_length=max_length, batch_size=batch_size, desc="evaluate")
+    preds = logits.argmax(-1)
     elapsed = time.perf_counter() - start
     result = M.classification_metrics(split.labels, preds)
     result["confusion_matrix"] = M.confusion(split.labels, preds)

@@ -12,7 +12,7 @@ from typing import Any
 COLUMNS = [
     "run_id", "finished_at", "name", "base_model", "max_length", "batch_size", "grad_accum", "learning_rate",
     "scheduler", "warmup", "epochs", "max_steps", "freeze_layers", "class_weights", "pooling", "layer_lr_decay",
-    "label_smoothing", "clean", "seed", "train_rows",
+    "label_smoothing", "clean", "distill", "seed", "train_rows",
     "steps", "best_step", "val_macro_recall", "val_macro_f1", "test_accuracy", "test_macro_f1",
     "test_macro_recall", "train_samples_per_s", "train_time_s", "wall_time_s", "device", "run_dir",
 ]

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 from transformers import (
     DataCollatorWithPadding,
@@ -31,8 +32,9 @@ from transformers import (
 from stream.drift import ReferenceProfile
 from training import metrics as M
 from training import tracker
-from training.config import LABELS, ConfigError, ExperimentConfig, dump_config
+from training.config import LABELS, ConfigError, DistillConfig, ExperimentConfig, dump_config
 from training.data import LabelledData, Split, load_dataset
+from training.distill import teacher_probabilities
 from training.modeling import count_parameters, freeze, layerwise_param_groups, load_base
 
 CHECKPOINTS = "checkpoints"
@@ -53,11 +55,15 @@ class RunResult:
 class EncodedSplit(Dataset):
     """Texts tokenised once up front (no padding: ``DataCollatorWithPadding`` pads each batch)."""
 
-    def __init__(self, split: Split, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+    def __init__(self, split: Split, tokenizer: PreTrainedTokenizerBase, max_length: int,
+                 soft_targets: np.ndarray | None = None) -> None:
         enc = tokenizer(split.texts, truncation=True, max_length=max_length)
         self.items = [
             {**{k: enc[k][i] for k in enc}, "labels": split.labels[i]} for i in range(len(split))
         ]
+        if soft_targets is not None:  # teachers' probabilities, row i for text i
+            for item, soft in zip(self.items, soft_targets.tolist(), strict=True):
+                item["teacher_probs"] = soft
 
     def __len__(self) -> int:
         return len(self.items)
@@ -70,10 +76,11 @@ class SentimentTrainer(Trainer):
     """``Trainer`` with class weights in the loss, layer-wise LR decay and a count of training samples seen."""
 
     def __init__(self, *args: Any, class_weights: torch.Tensor | None = None, layer_lr_decay: float = 1.0,
-                 **kwargs: Any) -> None:
+                 distill: DistillConfig | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.class_weights = class_weights
         self.layer_lr_decay = layer_lr_decay
+        self.distill = distill
         self.samples_seen = 0
 
     def create_optimizer(self, model=None):  # noqa: D102
@@ -87,21 +94,27 @@ class SentimentTrainer(Trainer):
         return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D102
-        if self.class_weights is None:
-            if model.training:
-                self.samples_seen += int(inputs["labels"].shape[0])
+        soft = inputs.pop("teacher_probs", None)  # training batches only: validation has no teachers
+        if model.training:
+            self.samples_seen += int(inputs["labels"].shape[0])
+        if self.class_weights is None and soft is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
         outputs = model(**inputs)
-        weights = self.class_weights.to(outputs.logits.device)
-        per_item = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, reduction="none",
-                                                     label_smoothing=self.args.label_smoothing_factor)
-        loss = (per_item * weights[labels]).sum() / weights[labels].sum()
-        if model.training:
-            self.samples_seen += int(labels.shape[0])
-            if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
-                # Trainer only divides by the accumulation steps itself in the other case.
-                loss = loss / self.current_gradient_accumulation_steps
+        logits = outputs.logits.float()
+        per_item = F.cross_entropy(logits, labels, reduction="none", label_smoothing=self.args.label_smoothing_factor)
+        if self.class_weights is None:
+            loss = per_item.mean()
+        else:
+            weights = self.class_weights.to(logits.device)[labels]
+            loss = (per_item * weights).sum() / weights.sum()
+        if soft is not None and self.distill is not None:
+            t, w = self.distill.temperature, self.distill.weight
+            kd = F.kl_div(F.log_softmax(logits / t, dim=-1), soft.to(logits.device), reduction="batchmean") * t * t
+            loss = (1 - w) * loss + w * kd
+        if model.training and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            # Trainer only divides by the accumulation steps itself in the other case.
+            loss = loss / self.current_gradient_accumulation_steps
         return (loss, outputs) if return_outputs else loss
 
 
@@ -211,6 +224,18 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
 
 
+def _soft_targets(config: ExperimentConfig, train: Split, run_dir: Path) -> np.ndarray | None:
+    """The teachers' probabilities on the training texts, computed once per run (kept for ``--resume``)."""
+    if config.distill is None:
+        return None
+    cached = run_dir / "teacher_probs.npy"
+    if cached.exists():
+        return np.load(cached)
+    soft = teacher_probabilities(config.distill.teachers, train.texts, config.distill.temperature)
+    np.save(cached, soft)
+    return soft
+
+
 def _predict(trainer: Trainer, dataset: EncodedSplit) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
     """Predicted ids, true ids, seconds, and class probabilities (for the drift reference)."""
     start = time.perf_counter()
@@ -255,6 +280,7 @@ def build_training_args(config: ExperimentConfig, output_dir: Path, device: str)
         report_to=["mlflow"] if _mlflow_wanted(config) else "none",
         run_name=config.name,
         dataloader_num_workers=0,
+        remove_unused_columns=config.distill is None,  # else Trainer drops teacher_probs before compute_loss
         **_precision(config, device),
     )
 
@@ -313,7 +339,7 @@ def run_experiment(
                                          encoding="utf-8")
     _write_json(run_dir / "data.json", data.summary())
 
-    train_ds = EncodedSplit(data.train, tokenizer, config.max_length)
+    train_ds = EncodedSplit(data.train, tokenizer, config.max_length, _soft_targets(config, data.train, run_dir))
     val_ds = EncodedSplit(data.validation, tokenizer, config.max_length)
     power = {"balanced": 1.0, "sqrt": 0.5}.get(config.class_weights)
     weights = balanced_weights(data.train.labels, power) if power else None
@@ -335,6 +361,7 @@ def run_experiment(
         callbacks=cb + list(callbacks or []),
         class_weights=weights,
         layer_lr_decay=config.layer_lr_decay,
+        distill=config.distill,
     )
     has_ckpt = resume and any(ckpt_dir.glob("checkpoint-*"))
     train_out = trainer.train(resume_from_checkpoint=True if has_ckpt else None)
@@ -402,6 +429,8 @@ def run_experiment(
         "class_weights": config.class_weights, "pooling": config.pooling,
         "layer_lr_decay": config.layer_lr_decay, "label_smoothing": config.label_smoothing,
         "clean": "+".join(k for k, on in config.data.clean.model_dump().items() if on),
+        "distill": (f"{len(d.teachers)} teachers, weight {d.weight:g}, T {d.temperature:g}"
+                    if (d := config.distill) else ""),
         "seed": config.seed, "train_rows": len(data.train),
         "steps": trainer.state.global_step, "best_step": best_step,
         "val_macro_recall": validation["macro_recall"], "val_macro_f1": validation["macro_f1"],
