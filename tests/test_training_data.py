@@ -101,11 +101,12 @@ def test_shipped_sweep_expands_to_the_issue_grid() -> None:
     assert [c.pooling for c in configs].count("mean") == 3
 
 
-def test_best_config_is_the_baseline_with_mean_pooling_lr_1e4_and_sqrt_weights() -> None:
+def test_best_config_is_the_baseline_with_mean_pooling_lr_1e4_sqrt_weights_and_unescape() -> None:
     best, base = load_config(CONFIGS / "best.yaml"), load_config(CONFIGS / "baseline.yaml")
     changed = {k for k, v in best.model_dump().items() if v != base.model_dump()[k]}
-    assert changed == {"name", "description", "pooling", "learning_rate", "class_weights"}
+    assert changed == {"name", "description", "pooling", "learning_rate", "class_weights", "data"}
     assert (best.pooling, best.learning_rate, best.class_weights) == ("mean", 1e-4, "sqrt")
+    assert best.data.model_copy(update={"clean": base.data.clean}) == base.data and best.data.clean.unescape
 
 
 def test_baseline_matches_the_issue() -> None:

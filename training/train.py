@@ -339,7 +339,10 @@ def run_experiment(
                                          encoding="utf-8")
     _write_json(run_dir / "data.json", data.summary())
 
-    train_ds = EncodedSplit(data.train, tokenizer, config.max_length, _soft_targets(config, data.train, run_dir))
+    teacher_start = time.perf_counter()
+    soft_targets = _soft_targets(config, data.train, run_dir)
+    teacher_time = time.perf_counter() - teacher_start
+    train_ds = EncodedSplit(data.train, tokenizer, config.max_length, soft_targets)
     val_ds = EncodedSplit(data.validation, tokenizer, config.max_length)
     power = {"balanced": 1.0, "sqrt": 0.5}.get(config.class_weights)
     weights = balanced_weights(data.train.labels, power) if power else None
@@ -407,6 +410,7 @@ def run_experiment(
         "train_runtime_incl_eval_s": round(train_runtime, 2),
         "eval_time_s": round(eval_time, 2),
         "test_predict_time_s": round(test_time, 2),
+        "teacher_time_s": round(teacher_time, 2),
         "test_samples_per_s": round(len(data.test) / test_time, 2) if test_time else None,
         "wall_time_s": round(time.perf_counter() - wall_start, 2),
         "steps": trainer.state.global_step,
