@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from training.config import CleaningConfig
 from training.data import load_split_file
 from training.distill import predict_logits
+from training.evaluate import training_cleaning
 
 SPLITS = ("validation", "test")
 
@@ -48,8 +48,7 @@ def scores(run: Path, data: str, cache: Path) -> dict[str, np.ndarray]:
     if dest.exists():
         return dict(np.load(dest))
     model_dir = run / "model"
-    config = json.loads((model_dir / "training_run.json").read_text())["config"]
-    cleaning = CleaningConfig.model_validate(config["data"]["clean"])
+    cleaning = training_cleaning(model_dir) or CleaningConfig()
     out: dict[str, np.ndarray] = {}
     for split in SPLITS:
         labelled = load_split_file(data, fmt="tweeteval", cleaning=cleaning, split=split)

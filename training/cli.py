@@ -83,17 +83,6 @@ def markdown_table(rows: list[dict[str, Any]], cols: list[str] = SUMMARY_COLUMNS
     return "\n".join(lines) + "\n"
 
 
-def _result_row(result) -> dict[str, Any]:
-    cfg = json.loads((result.model_dir / "training_run.json").read_text())["config"]
-    return {
-        "run_id": result.run_id, "name": cfg["name"], "learning_rate": cfg["learning_rate"],
-        "freeze_layers": cfg["freeze_layers"], "class_weights": cfg["class_weights"],
-        "val_macro_recall": result.validation["macro_recall"], "test_accuracy": result.test.get("accuracy"),
-        "test_macro_f1": result.test.get("macro_f1"), "test_macro_recall": result.test.get("macro_recall"),
-        "train_samples_per_s": result.timing["train_samples_per_s"], "wall_time_s": result.timing["wall_time_s"],
-    }
-
-
 @app.command()
 def train(
     config: Annotated[Path, typer.Argument(help="experiment YAML (see configs/)")],
@@ -156,7 +145,7 @@ def sweep(
     for i, cfg in enumerate(configs, start=1):
         console.rule(f"run {i}/{len(configs)}: {cfg.name}")
         try:
-            rows.append(_result_row(run_experiment(cfg, run_root, tracker_csv=tracker)))
+            rows.append(run_experiment(cfg, run_root, tracker_csv=tracker).row)
         except Exception as err:  # noqa: BLE001 - report and optionally continue with the next config
             console.print(f"{cfg.name} failed: {err}", style="red", markup=False, soft_wrap=True)
             if not keep_going:

@@ -27,7 +27,7 @@ class DataSpec:
     clean: CleaningConfig | None = None
 
 
-def _training_cleaning(model_dir: Path) -> CleaningConfig | None:
+def training_cleaning(model_dir: Path) -> CleaningConfig | None:
     """Apply the cleaning the model was trained with, when the model says so."""
     info = model_dir / "training_run.json"
     if not info.exists():
@@ -51,7 +51,7 @@ def evaluate_model(
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"{model_dir}: not a Hugging Face model directory (no config.json)")
-    cleaning = data.clean or _training_cleaning(model_dir) or CleaningConfig()
+    cleaning = data.clean or training_cleaning(model_dir) or CleaningConfig()
     split = load_split_file(data.path, fmt=data.format, text_column=data.text_column,
                             label_column=data.label_column, label_map=data.label_map, cleaning=cleaning,
                             split=data.split)

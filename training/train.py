@@ -50,6 +50,7 @@ class RunResult:
     timing: dict[str, float]
     best_step: int | None
     history: list[dict[str, Any]] = field(default_factory=list)
+    row: dict[str, Any] = field(default_factory=dict)  # what went to the experiment tracker
 
 
 class EncodedSplit(Dataset):
@@ -445,7 +446,7 @@ def run_experiment(
     }
     tracker.append_row(Path(tracker_csv) if tracker_csv else run_root / "experiments.csv", row)
     _log_mlflow(config, test, timing)
-    return RunResult(run_id, run_dir, model_dir, validation, test, timing, best_step, history)
+    return RunResult(run_id, run_dir, model_dir, validation, test, timing, best_step, history, row)
 
 
 def _log_mlflow(config: ExperimentConfig, test: dict[str, Any], timing: dict[str, Any]) -> None:
