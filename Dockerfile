@@ -16,6 +16,8 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu torch
 WORKDIR /app
 # Dependencies and code in one layer: the project is small next to torch.
 COPY pyproject.toml README.md* ./
+COPY sentiment_app ./sentiment_app
+COPY sentiment_model ./sentiment_model
 COPY stream ./stream
 COPY storage ./storage
 COPY training ./training

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install up down status test lint chaos demo bench
+.PHONY: install up down status test test-fast lint chaos demo bench
 
 install: $(VENV)/.installed
 
@@ -30,11 +30,18 @@ down:
 status:
 	ops/stack.sh status
 
+# Every test (unit, integration against the stack, chaos); the 15 slowest are listed at the end.
 test: up
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q --durations=15 $(PYTEST_ARGS)
 
+# Only tests that need no service (marked `unit` by tests/conftest.py): under a minute, no `make up`.
+test-fast: install
+	$(BIN)/pytest -q -m unit $(PYTEST_ARGS)
+
+# ruff, and the import-linter contracts in pyproject.toml (the one-way layers).
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 chaos: up
 	$(BIN)/pytest -q -m chaos $(PYTEST_ARGS)

@@ -2,11 +2,12 @@
 
     python bench/dashboard_csv.py --rows 1000 --json bench/results/dashboard_csv.json
 
-Runs the page's own code path (``stream.dashboard.classify.classify_upload`` -> ``stream.batch.classify_csv``
--> the worker's Predictor) on a DistilBERT-base-sized model with random weights (speed does not depend on
-the weights) and tweet-length texts (TweetEval test when ../shared/data has it). The model is warmed up
-first, as it is in a running dashboard after its first request. Target: >= 1,000 rows/minute. The CPU time
-and load average are recorded too: on a shared machine the wall-clock rate depends on the neighbours.
+Runs the page's own code path (``sentiment_app.dashboard.classify.classify_upload`` ->
+``sentiment_app.csv_labelling.classify_csv`` -> the worker's Predictor) on a DistilBERT-base-sized model
+with random weights (speed does not depend on the weights) and tweet-length texts (TweetEval test when
+../shared/data has it). The model is warmed up first, as it is in a running dashboard after its first
+request. Target: >= 1,000 rows/minute. The CPU time and load average are recorded too: on a shared
+machine the wall-clock rate depends on the neighbours.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def main() -> None:
 
     import torch
 
-    from stream.batch import load_predictor
-    from stream.dashboard.classify import CHUNK, classify_upload
+    from sentiment_app.csv_labelling import load_predictor
+    from sentiment_app.dashboard.classify import CHUNK, classify_upload
     from stream.settings import Settings
 
     model_dir = args.model or distilbert_base_random(REPO / ".stack" / "bench-model")

@@ -7,7 +7,7 @@ Paths: cpu fp32, cpu int8 (dynamic quantisation of the Linear layers), and cuda 
 GPU is present. Texts: TweetEval test from ../shared/data ($SENTIMENT_SHARED_DATA); without it, synthetic
 texts and no F1. Model: --model, else the newest fine-tuned run under runs/ (or models/runs/), else a
 DistilBERT-base-sized model with random weights (speed only: F1 is then not measured).
-Each path labels the same texts through ``stream.predictor.Predictor`` (length-sorted dynamic padding,
+Each path labels the same texts through ``sentiment_model.predictor.Predictor`` (length-sorted dynamic padding,
 the model's training-time cleaning), i.e. exactly what the worker does, without Kafka and the sinks.
 """
 
@@ -28,7 +28,8 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import f1_score  # noqa: E402
 
-from stream.predictor import Predictor, cores_given, release_memory  # noqa: E402
+from sentiment_model.artifact import RunInfo  # noqa: E402
+from sentiment_model.predictor import Predictor, cores_given, release_memory  # noqa: E402
 
 SHARED = Path(os.environ.get("SENTIMENT_SHARED_DATA", REPO.parent / "shared" / "data"))
 LABEL_IDS = {"negative": 0, "neutral": 1, "positive": 2}  # TweetEval's label ids
@@ -110,8 +111,7 @@ def main() -> None:
 
         model_dir = distilbert_base_random(REPO / ".stack" / "bench-model")
         log("no fine-tuned model found: random DistilBERT-base weights, speed only (F1 not measured)")
-    info = model_dir / "training_run.json"
-    max_length = json.loads(info.read_text())["config"].get("max_length", 128) if info.exists() else 128
+    max_length = RunInfo.read(model_dir).max_length or 128
     data = tweeteval_test()
     if data is None:
         log(f"{SHARED / 'tweeteval_sentiment'} not found: synthetic texts, F1 not measured")

@@ -29,14 +29,14 @@ import yaml
 from private_stack import REPO, log, private_stack, tweets
 from sqlalchemy import func, select
 
-from storage import registry
+from sentiment_app.lifecycle import promotion
+from sentiment_app.lifecycle.refresh import load_refresh_config, run_refresh
+from sentiment_model.labels import LABELS
 from storage.feedback import add_correction
-from storage.schema import LABELS
 from storage.schema import review_sentiment as t
 from storage.trends import HOUR, bucket_start
 from stream.drift import latest_score
 from stream.services import trend_counters
-from training.refresh import load_refresh_config, run_refresh
 
 
 def stored(engine, source: str) -> dict[str, str]:
@@ -57,11 +57,13 @@ def main() -> None:
     with private_stack("loop", args.threads) as stack:
         engine, settings = stack.engine, stack.settings
         known = json.loads((args.production / "test_metrics.json").read_text())
-        prod = registry.publish(engine, args.production, settings.model_store(), "tweeteval-test",
-                                evaluate=lambda model_dir, eval_set: known)  # the run's own test scores
-        registry.promote(engine, prod.version)
+        def own_scores(model_dir: Path, eval_set: str) -> dict:
+            return known  # the run's own test scores
+
+        prod = promotion.publish(settings, engine, args.production, "tweeteval-test", evaluate=own_scores)
+        promotion.promote(settings, engine, prod.version, evaluate=own_scores)
         log(f"production {prod.version}; writing its drift reference (models trained before profiles existed)")
-        subprocess.run([sys.executable, "-m", "stream", "drift", "profile", str(prod.artifact_dir),
+        subprocess.run([sys.executable, "-m", "sentiment_app", "drift", "profile", str(prod.artifact_dir),
                         "shared:tweeteval_sentiment"], cwd=REPO, check=True)
 
         now = datetime.now(UTC)
@@ -119,7 +121,7 @@ def main() -> None:
             "gate": {"eval_set": "tweeteval-test", "metric": "macro_recall", "margin": 0.0},
             "runs_dir": str(stack.tmp / "runs")}))
         t0 = time.monotonic()
-        result = run_refresh(load_refresh_config(config_path), engine, settings.model_store(), "tweeteval-test")
+        result = run_refresh(load_refresh_config(config_path), settings, engine)
         refresh_s = time.monotonic() - t0
         with engine.connect() as conn:
             under_candidate = conn.execute(select(func.count()).select_from(t)

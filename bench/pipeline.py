@@ -32,10 +32,10 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from sentiment_model.predictor import Predictor  # noqa: E402
 from storage.db import get_engine  # noqa: E402
 from storage.schema import review_sentiment as t  # noqa: E402
 from storage.trends import HOUR, TrendCounters  # noqa: E402
-from stream.predictor import Predictor  # noqa: E402
 from stream.services import create_topics, kafka_admin  # noqa: E402
 from stream.settings import Settings  # noqa: E402
 
@@ -187,7 +187,7 @@ def main() -> None:
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("SENTIMENT_")}, **settings.to_env(),
                "PYTHONUNBUFFERED": "1"}
         log_path = Path(tmp) / "worker.log"
-        proc = subprocess.Popen([sys.executable, "-m", "stream", "worker"], cwd=REPO, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "sentiment_app", "worker"], cwd=REPO, env=env,
                                 stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
         rss: list[float] = []
         try:

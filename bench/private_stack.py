@@ -55,8 +55,8 @@ class PrivateStack:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("SENTIMENT_")}
         environ.update(self.settings.to_env(), PYTHONUNBUFFERED="1", **env)
         log_file = (self.tmp / f"worker-{len(self.workers)}.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "stream", "worker"], cwd=REPO, env=environ, stdout=log_file,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "sentiment_app", "worker"], cwd=REPO, env=environ,
+                                stdout=log_file, stderr=subprocess.STDOUT)
         self.workers.append(proc)
         return proc
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from private_stack import SHARED, log, private_stack
 from sqlalchemy import func, select
 
-from storage import registry
+from sentiment_app.lifecycle import promotion
+from sentiment_model.artifact import RunInfo
 from storage import shadow as shadow_store
 from storage.sampling import in_sample
 from storage.schema import review_sentiment as t
@@ -39,18 +40,18 @@ def main() -> None:
     with private_stack("shadow", args.threads) as stack:
         uid, settings, engine = stack.uid, stack.settings, stack.engine
         # offline scores: the runs' own TweetEval test metrics (no re-scoring: the bench measures the stream)
-        known = {json.loads((r / "model" / "training_run.json").read_text())["run_id"]:
-                 json.loads((r / "test_metrics.json").read_text()) for r in (args.production, args.candidate)}
+        known = {RunInfo.read(r / "model").run_id: json.loads((r / "test_metrics.json").read_text())
+                 for r in (args.production, args.candidate)}
 
         def run_metrics(model_dir: Path, eval_set: str) -> dict:
             return known[model_dir.name]
 
         names = []
         for run in (args.production, args.candidate):
-            v = registry.publish(engine, run, settings.model_store(), "tweeteval-test", evaluate=run_metrics)
+            v = promotion.publish(settings, engine, run, "tweeteval-test", evaluate=run_metrics)
             names.append(v.version)
         prod, cand = names
-        registry.promote(engine, prod, evaluate=run_metrics)
+        promotion.promote(settings, engine, prod, evaluate=run_metrics)
         shadow_store.start(engine, cand, args.share)
         log(f"production {prod}, shadow {cand} on {args.share:.0%}")
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.config import CleaningConfig
+from sentiment_model.predictor import predictor_from_settings
+from sentiment_model.settings import ModelSettings
 from training.data import load_split_file
-from training.distill import predict_logits
-from training.evaluate import training_cleaning
+from training.evaluate import RAW
 
 SPLITS = ("validation", "test")
 
@@ -47,12 +47,11 @@ def scores(run: Path, data: str, cache: Path) -> dict[str, np.ndarray]:
     dest = cache / f"{run.name}.npz"
     if dest.exists():
         return dict(np.load(dest))
-    model_dir = run / "model"
-    cleaning = training_cleaning(model_dir) or CleaningConfig()
+    predictor = predictor_from_settings(ModelSettings(batch_size=128), run / "model")  # the serving path, fp32
     out: dict[str, np.ndarray] = {}
     for split in SPLITS:
-        labelled = load_split_file(data, fmt="tweeteval", cleaning=cleaning, split=split)
-        out[split] = predict_logits(model_dir, labelled.texts, batch_size=128, desc=f"{run.name} {split}")
+        labelled = load_split_file(data, fmt="tweeteval", cleaning=RAW, split=split)  # the predictor cleans
+        out[split] = predictor.predict_logits(labelled.texts).numpy()
         out[f"{split}_y"] = np.array(labelled.labels)
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(dest, **out)

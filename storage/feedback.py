@@ -28,7 +28,9 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import distinct_on
 
-from storage.schema import LABELS, metadata
+from sentiment_model.errors import UserError
+from sentiment_model.labels import LABELS
+from storage.schema import metadata
 from storage.schema import review_sentiment as reviews
 
 review_feedback = Table(
@@ -44,7 +46,7 @@ review_feedback = Table(
 )
 
 
-class FeedbackError(ValueError):
+class FeedbackError(UserError):
     """A correction that cannot be stored; the message says what to do instead."""
 
 

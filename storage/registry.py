@@ -5,15 +5,14 @@ A published version is a copy of a training run's Hugging Face model directory i
 where that copy is, which run made it and its stage: ``candidate`` -> ``production`` -> ``archived``.
 At most one version is production (a partial unique index); workers poll for it and switch to it.
 
-Promotion is gated: the candidate and the production model are scored on the *same* named evaluation
-set (scores are kept per version and set, so each is computed once) and the candidate goes live only if
-``candidate >= production + margin``, unless forced. Every decision, promoted or not, is recorded in
-``promotion_decision`` with both scores; rollbacks are recorded there too.
+Scores are kept per version and evaluation set (``score``: computed once by the evaluator the caller
+passes). The promotion policy (which scores, what margin) is the application's
+(``sentiment_app.lifecycle.promotion``); ``record_promotion`` applies a decision atomically and records it
+in ``promotion_decision``, promoted or not; rollbacks are recorded there too.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil
@@ -44,6 +43,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
+from sentiment_model.artifact import RunInfo, find_model_dir, is_model_dir
+from sentiment_model.errors import UserError
 from storage.schema import metadata
 
 log = logging.getLogger(__name__)
@@ -52,14 +53,6 @@ STAGES: tuple[str, ...] = ("candidate", "production", "archived")
 METRICS: tuple[str, ...] = ("macro_f1", "macro_recall", "accuracy")
 _LOCK_KEY = 0x5E47_0002  # pg advisory lock: one promotion / rollback at a time
 _VERSION_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
-
-# Named evaluation sets (a DataSpec each). Any other name is read as a path to a labelled CSV/JSONL file
-# or a TweetEval folder (its test split).
-EVAL_SETS: dict[str, dict[str, str]] = {
-    "tweeteval-test": {"path": "shared:tweeteval_sentiment", "format": "tweeteval", "split": "test"},
-    "tweeteval-validation": {"path": "shared:tweeteval_sentiment", "format": "tweeteval", "split": "validation"},
-    "sample": {"path": "sample:reviews_sample.csv", "format": "csv"},
-}
 
 model_version = Table(
     "model_version", metadata,
@@ -100,7 +93,7 @@ promotion_decision = Table(
 Evaluator = Callable[[Path, str], dict[str, Any]]
 
 
-class RegistryError(ValueError):
+class RegistryError(UserError):
     """A registry operation that cannot be done as asked; the message says what to do instead."""
 
 
@@ -138,29 +131,6 @@ class Decision:
     production_score: float | None = None
     margin: float | None = None
     forced: bool = False
-
-
-# --- evaluation -------------------------------------------------------------------------------------
-
-def eval_spec(name: str):  # -> training.evaluate.DataSpec (imported lazily: the worker needs no training deps)
-    """The DataSpec behind an evaluation-set name (a built-in name, or a path to labelled data)."""
-    from training.evaluate import DataSpec
-    from training.paths import resolve_path
-
-    spec = DataSpec(**EVAL_SETS[name]) if name in EVAL_SETS else DataSpec(path=name)
-    if not resolve_path(spec.path).exists():
-        known = ", ".join(EVAL_SETS)
-        raise RegistryError(f"evaluation set {name!r}: {resolve_path(spec.path)} not found; use one of {known} "
-                            "(tweeteval-* need $SENTIMENT_SHARED_DATA or ../shared/data) or a labelled CSV/JSONL path")
-    return spec
-
-
-def evaluate_on(model_dir: Path, eval_set: str) -> dict[str, Any]:
-    """Score a model on a named evaluation set with the training package's evaluator (same metrics as a run)."""
-    from training.evaluate import evaluate_model
-
-    result = evaluate_model(model_dir, eval_spec(eval_set))
-    return json.loads(json.dumps(result, default=str))  # plain JSON for the jsonb column
 
 
 # --- reads --------------------------------------------------------------------------------------------
@@ -223,11 +193,11 @@ def save_evaluation(engine: Engine, version: str, eval_set: str, metrics: dict[s
         conn.execute(stmt)
 
 
-def score(engine: Engine, ref: ModelRef, eval_set: str, metric: str, evaluate: Evaluator = evaluate_on) -> float:
+def score(engine: Engine, ref: ModelRef, eval_set: str, metric: str, evaluate: Evaluator) -> float:
     """The version's metric on the set: stored if known, else evaluated now and stored."""
     metrics = evaluation(engine, ref.version, eval_set)
     if metrics is None:
-        if not (ref.artifact_dir / "config.json").exists():
+        if not is_model_dir(ref.artifact_dir):
             raise RegistryError(f"{ref.version}: artifact {ref.artifact_dir} is missing, so it cannot be scored on "
                                 f"{eval_set!r}; restore the model store or promote with --force")
         log.info("scoring %s on %s", ref.version, eval_set)
@@ -240,29 +210,18 @@ def score(engine: Engine, ref: ModelRef, eval_set: str, metric: str, evaluate: E
 
 # --- writes -------------------------------------------------------------------------------------------
 
-def _model_dir(path: Path) -> Path:
-    """A run directory (with model/) or a model directory itself."""
-    for candidate in (path / "model", path):
-        if (candidate / "config.json").exists():
-            return candidate
-    raise RegistryError(f"{path}: no model found (neither {path / 'model'} nor {path} has a config.json); give a "
-                        "training run directory such as runs/<run_id>, after `sentiment train` has finished")
-
-
-def publish(engine: Engine, run_dir: Path, store_dir: Path, eval_set: str, version: str | None = None,
-            evaluate: Evaluator = evaluate_on) -> VersionInfo:
+def publish(engine: Engine, run_dir: Path, store_dir: Path, eval_set: str, version: str | None = None, *,
+            evaluate: Evaluator) -> VersionInfo:
     """Copy a run's model into the store, score it on ``eval_set`` and register it as a candidate."""
-    src = _model_dir(Path(run_dir))
-    info_file = src / "training_run.json"
-    run: dict[str, Any] = json.loads(info_file.read_text()) if info_file.exists() else {}
-    version = version or run.get("run_id") or (src.parent.name if src.name == "model" else src.name)
+    src = find_model_dir(run_dir)
+    run = RunInfo.read(src)
+    version = version or run.run_id or (src.parent.name if src.name == "model" else src.name)
     if not _VERSION_RE.match(version):
         raise RegistryError(f"version {version!r}: use letters, digits, '.', '_' or '-' (pass --version)")
     with engine.connect() as conn:
         if conn.execute(select(model_version.c.stage).where(model_version.c.version == version)).first():
             raise RegistryError(f"version {version!r} is already published; pass --version to publish it again "
                                 "under another name")
-    eval_spec(eval_set)  # fail before copying if the set does not exist
     store_dir.mkdir(parents=True, exist_ok=True)
     target = store_dir / version
     if target.exists():
@@ -274,9 +233,8 @@ def publish(engine: Engine, run_dir: Path, store_dir: Path, eval_set: str, versi
         metrics = evaluate(target, eval_set)
         with engine.begin() as conn:
             conn.execute(insert(model_version).values(
-                version=version, artifact_dir=str(target.resolve()), run_id=run.get("run_id"),
-                base_model=(run.get("config") or {}).get("base_model"), eval_set=eval_set,
-                training_metrics=run.get("test_metrics") or {}))
+                version=version, artifact_dir=str(target.resolve()), run_id=run.run_id,
+                base_model=run.base_model, eval_set=eval_set, training_metrics=run.test_metrics))
             conn.execute(insert(model_evaluation).values(version=version, eval_set=eval_set, metrics=metrics))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -286,50 +244,29 @@ def publish(engine: Engine, run_dir: Path, store_dir: Path, eval_set: str, versi
     return get_version(engine, version)
 
 
-def promote(engine: Engine, version: str, *, eval_set: str | None = None, metric: str = "macro_f1",
-            margin: float = 0.0, force: bool = False, evaluate: Evaluator = evaluate_on) -> Decision:
-    """Make ``version`` production if it scores at least production + margin on the same set (or if forced).
+def known_score(engine: Engine, version: str, eval_set: str, metric: str) -> float | None:
+    """The stored score, or None (nothing is computed)."""
+    metrics = evaluation(engine, version, eval_set)
+    return float(metrics[metric]) if metrics and metric in metrics else None
 
-    Scoring happens before the transaction (it can take a minute); the transaction then checks that
-    production has not changed meanwhile, switches stages and records the decision, promoted or not.
+
+def record_promotion(engine: Engine, decision: Decision) -> Decision:
+    """Apply a promotion decision (switch stages if promoted) and record it, in one locked transaction.
+
+    The decision was made on the production version it names; if production changed meanwhile (another
+    promotion while scoring), nothing is switched and the caller is told to decide again.
     """
-    if metric not in METRICS:
-        raise RegistryError(f"metric {metric!r} unknown; use one of {', '.join(METRICS)}")
-    cand = get_version(engine, version)
-    if cand.stage == "production":
-        raise RegistryError(f"{version} is already production")
-    eval_set = eval_set or cand.eval_set
-    prod = production(engine)
-    cand_ref = ModelRef(cand.version, cand.artifact_dir)
-    if force:  # an operator's override: use the scores we have, compute nothing
-        cand_score = _known(engine, cand.version, eval_set, metric)
-        prod_score = _known(engine, prod.version, eval_set, metric) if prod else None
-    else:
-        cand_score = score(engine, cand_ref, eval_set, metric, evaluate)
-        prod_score = score(engine, prod, eval_set, metric, evaluate) if prod else None
-
-    if prod is None:
-        promoted, reason = True, "no production model yet"
-    elif prod_score is not None and cand_score is not None and cand_score >= prod_score + margin:
-        promoted, reason = True, f"{metric} {cand_score:.4f} >= {prod_score:.4f} + margin {margin:g}"
-    elif force:
-        promoted, reason = True, "forced" + (f": {metric} {cand_score:.4f} vs {prod_score:.4f}"
-                                             if cand_score is not None and prod_score is not None else "")
-    else:
-        promoted, reason = False, f"{metric} {cand_score:.4f} < {prod_score:.4f} + margin {margin:g}"
-
-    decision = Decision("promote", version, prod.version if prod else None, promoted, reason, eval_set, metric,
-                        cand_score, prod_score, margin, force)
     with engine.begin() as conn:
         conn.execute(select(func.pg_advisory_xact_lock(_LOCK_KEY)))
         now_prod = _production(conn)
         if (now_prod.version if now_prod else None) != decision.production_before:
             raise RegistryError(f"production changed to {now_prod.version if now_prod else None} while scoring; "
                                 "run the promotion again")
-        if promoted:
-            _switch(conn, now_prod.version if now_prod else None, version)
+        if decision.promoted:
+            _switch(conn, decision.production_before, decision.candidate)
         _record(conn, decision)
-    log.info("promotion of %s: %s (%s)", version, "promoted" if promoted else "rejected", reason)
+    log.info("promotion of %s: %s (%s)", decision.candidate, "promoted" if decision.promoted else "rejected",
+             decision.reason)
     return decision
 
 
@@ -361,11 +298,6 @@ def rollback(engine: Engine) -> Decision:
         _record(conn, decision)
     log.info("rolled back %s -> %s", current.version, previous)
     return decision
-
-
-def _known(engine: Engine, version: str, eval_set: str, metric: str) -> float | None:
-    metrics = evaluation(engine, version, eval_set)
-    return float(metrics[metric]) if metrics and metric in metrics else None
 
 
 def _switch(conn: Connection, old: str | None, new: str) -> None:

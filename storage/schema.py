@@ -1,7 +1,9 @@
 """The Postgres schema as SQLAlchemy Core tables.
 
 Alembic migrations (``storage/migrations``) create and evolve it; this module only describes it so
-that reads and writes are built by SQLAlchemy, never by string formatting.
+that reads and writes are built by SQLAlchemy, never by string formatting. The registry, feedback and
+shadow tables are defined beside their queries on the same ``metadata``; ``storage.tables`` imports them
+all, which is what Alembic compares against (``alembic check``).
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-
-LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
 
 metadata = MetaData()
 

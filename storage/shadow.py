@@ -39,8 +39,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from sentiment_model.artifact import is_model_dir
+from sentiment_model.labels import LABELS
 from storage import registry
-from storage.schema import LABELS, metadata
+from storage.schema import metadata
 
 _LOCK_KEY = 0x5E47_0004  # pg advisory lock: one shadow start / stop at a time
 
@@ -147,7 +149,7 @@ def start(engine: Engine, version: str, share: float) -> tuple[ShadowDeployment,
     info = registry.get_version(engine, version)  # raises when not published
     if info.stage == "production":
         raise registry.RegistryError(f"{version} is production already; shadow a candidate against it instead")
-    if not (info.artifact_dir / "config.json").exists():
+    if not is_model_dir(info.artifact_dir):
         raise registry.RegistryError(f"{version}: artifact {info.artifact_dir} is missing; restore the model store")
     sd = shadow_deployment
     with engine.begin() as conn:

@@ -27,8 +27,8 @@ from typing import Any
 
 import redis
 
+from sentiment_model.labels import LABELS
 from storage.reviews import StoredLabel
-from storage.schema import LABELS
 
 # KEYS: per review, (seen set, hour hash, minute hash). ARGV: per review, (id, label, source field,
 # hour expire-at, minute expire-at or 0, probability). One script per batch: counted atomically.

@@ -30,6 +30,7 @@ from pathlib import Path
 import faust
 from sqlalchemy import Engine
 
+from sentiment_model.predictor import predictor_from_settings
 from storage.db import get_engine, is_transient, safe_address
 from storage.registry import ModelRef
 from stream import metrics
@@ -37,23 +38,11 @@ from stream.dlq import DeadLetterWriter
 from stream.drift import DriftMonitor, refresh_starter
 from stream.events import RawRecord
 from stream.pipeline import BatchProcessor, BatchResult, ModelFollower, Retrier, Stopping
-from stream.predictor import predictor_from_settings, serving_model
 from stream.services import redis_address, trend_counters
+from stream.serving import registry_production, serving_model
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def registry_production(engine: Engine) -> ModelRef | None:
-    """The registry's production version whose artifact is readable here, else None."""
-    from storage import registry
-
-    ref = registry.production(engine)
-    if ref is not None and not (ref.artifact_dir / "config.json").exists():
-        log.warning("production model %s: %s is not readable on this machine (is the model store shared?)",
-                    ref.version, ref.artifact_dir)
-        return None
-    return ref
 
 
 def _startup_model(settings: Settings, engine: Engine, retrier: Retrier) -> ModelRef:

@@ -29,54 +29,14 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sentiment_model.labels import LABELS
+from sentiment_model.profile import PROFILE_FILE, ReferenceProfile
 from storage.reviews import StoredLabel
-from storage.schema import LABELS
 from storage.trends import HOUR, TrendBucket, TrendCounters, bucket_start
 
 log = logging.getLogger(__name__)
 
-PROFILE_FILE = "reference_profile.json"
 _SMOOTH = 0.5  # add-half smoothing of counts: an empty class must not make the PSI infinite
-
-
-@dataclass(frozen=True)
-class ReferenceProfile:
-    """What the model predicts on data like its training data (written next to the model by training)."""
-
-    label_mix: dict[str, float]
-    mean_confidence: float
-    rows: int
-    source: str = "validation"
-    training_label_mix: dict[str, float] | None = None
-
-    @classmethod
-    def from_probabilities(cls, probs: Sequence[Sequence[float]], labels: Sequence[str] = LABELS,
-                           training_counts: dict[str, int] | None = None, source: str = "validation"
-                           ) -> ReferenceProfile:
-        """From class probabilities (rows in ``labels`` order) on held-out data like the training data."""
-        counts = dict.fromkeys(labels, 0)
-        confidence = 0.0
-        for row in probs:
-            best = max(range(len(labels)), key=lambda i: row[i])
-            counts[labels[best]] += 1
-            confidence += float(row[best])
-        n = max(len(probs), 1)
-        train_total = sum((training_counts or {}).values())
-        return cls({k: v / n for k, v in counts.items()}, confidence / n, len(probs), source,
-                   {k: v / train_total for k, v in training_counts.items()} if training_counts and train_total
-                   else None)
-
-    def write(self, model_dir: Path) -> Path:
-        path = Path(model_dir) / PROFILE_FILE
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
-        return path
-
-    @classmethod
-    def read(cls, model_dir: Path) -> ReferenceProfile | None:
-        path = Path(model_dir) / PROFILE_FILE
-        if not path.exists():
-            return None
-        return cls(**json.loads(path.read_text(encoding="utf-8")))
 
 
 @dataclass(frozen=True)
@@ -153,7 +113,7 @@ class DriftMonitor:
             return
         if self.reference is None:
             log.warning("drift: model %s has no %s (it was not trained by `sentiment train`); drift is not "
-                        "measured for it. Retrain it, or write one with `sentiment models profile`.",
+                        "measured for it. Retrain it, or write one with `sentiment drift profile`.",
                         version, PROFILE_FILE)
         self._next = 0.0
         self._pending.clear()
@@ -221,7 +181,7 @@ def refresh_starter(trends: TrendCounters, config: Path, cooldown_s: int, log_di
         log_dir.mkdir(parents=True, exist_ok=True)
         out = log_dir / f"refresh-{datetime.now(UTC):%Y%m%d-%H%M%S}.log"
         with out.open("ab") as handle:
-            proc = subprocess.Popen([sys.executable, "-m", "stream", "refresh", str(config)], stdout=handle,
+            proc = subprocess.Popen([sys.executable, "-m", "sentiment_app", "refresh", str(config)], stdout=handle,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.warning("drift: started `sentiment refresh %s` (pid %d, log %s)", config, proc.pid, out)
 

@@ -30,6 +30,7 @@ from kafka.errors import KafkaError
 from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 
+from sentiment_model.predictor import Prediction, Predictor, release_memory
 from storage.db import is_transient
 from storage.registry import ModelRef
 from storage.reviews import LabelledReview, StoredLabel, insert_reviews
@@ -40,7 +41,6 @@ from storage.trends import TrendCounters
 from stream.dlq import DeadLetter, DeadLetterWriter
 from stream.drift import DriftMonitor
 from stream.events import RawRecord, Rejection, ValidEvent, parse_record
-from stream.predictor import Prediction, Predictor, release_memory
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

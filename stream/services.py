@@ -13,6 +13,8 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from sentiment_model.artifact import is_model_dir
+from sentiment_model.errors import UserError
 from storage.db import get_engine, safe_address
 from storage.trends import TrendCounters
 from stream.dlq import MAX_MESSAGE_BYTES
@@ -21,7 +23,9 @@ from stream.settings import Settings
 HINT = "start the local stack with `make up` (or check the address in your SENTIMENT_* settings / .env)"
 
 
-class ServiceUnavailable(Exception):
+class ServiceUnavailable(UserError):
+    """A service the command needs is down or unreachable: the user starts it or fixes its address."""
+
     def __init__(self, service: str, address: str, error: object, hint: str = HINT) -> None:
         self.service, self.address, self.hint = service, address, hint
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -127,10 +131,9 @@ def check_workers(settings: Settings) -> Health:
 
 def check_model(settings: Settings) -> Health:
     """Which model a worker started now would serve (``serving_model``), and whether it is readable here."""
-    from sqlalchemy.exc import SQLAlchemyError
-
+    from sentiment_model.errors import ModelNotFoundError
     from storage import registry
-    from stream.predictor import serving_model
+    from stream.serving import serving_model
 
     def production() -> registry.ModelRef | None:
         try:
@@ -140,10 +143,10 @@ def check_model(settings: Settings) -> Health:
 
     try:
         ref, source = serving_model(settings, production)
-    except FileNotFoundError as e:
+    except ModelNotFoundError as e:
         return Health("Model", str(settings.models_dir / "current"), False, str(e).split(":", 1)[0]
                       + " (run `make demo` or `sentiment train ...`)")
-    ok = (ref.artifact_dir / "config.json").exists()
+    ok = is_model_dir(ref.artifact_dir)
     if source == "registry":
         return Health("Model", str(ref.artifact_dir), ok, f"production {ref.version} (registry)" if ok
                       else f"production {ref.version}: artifact not readable here")

@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sentiment_model.settings import ModelSettings
+
 
 class KafkaSettings(BaseModel):
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -69,20 +71,6 @@ class RedisSettings(BaseModel):
     key_prefix: str = "sentiment"
     minute_ttl_s: int = Field(48 * 3600, ge=60, description="how long per-minute buckets live")
     hour_ttl_s: int = Field(35 * 24 * 3600, ge=3600, description="how long per-hour buckets live")
-
-
-class ModelSettings(BaseModel):
-    dir: Path | None = Field(None, description="Hugging Face model directory; default: the registered one")
-    version: str | None = Field(None, description="label stored with each row; default: from the model dir")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    max_length: int = Field(128, ge=8, le=512, description="tokens fed to the model; longer texts are cut")
-    batch_size: int = Field(8, ge=1, description="texts per forward pass (8 is fastest on CPU, see bench)")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
-    quantize: Literal["none", "int8"] = Field(
-        "none", description="CPU only: int8 dynamic quantisation of the Linear layers (about 2-3x faster)")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="GPU autocast dtype; auto: bf16 where supported, else fp16 (CPU stays fp32)")
-    cuda_batch_size: int = Field(256, ge=1, description="texts per forward pass on a GPU (replaces batch_size)")
 
 
 class WorkerSettings(BaseModel):

@@ -1,16 +1,16 @@
 """Fixtures for tests against the real local stack (`make up`): Kafka, Postgres and Redis on loopback.
 
 Each test gets its own topics, consumer group, Redis key prefix and review source, so tests never see
-each other's data and need no cleanup between them. Postgres tests use the `sentiment_test` database.
+each other's data and need no cleanup between them. Postgres tests use the `sentiment_test` database
+(``SENTIMENT_TEST_POSTGRES_URL``). Helpers the test modules share are in ``tests/support.py``.
+
+Markers are set here from the fixtures a test uses, so a new test is marked without edits: a test that
+uses a service fixture (``SERVICE_FIXTURES``) is ``integration``; any other is ``unit`` (`make test-fast`
+runs those: no service needed); ``chaos`` tests are marked in their modules and are integration too.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,46 +18,21 @@ from pathlib import Path
 import pytest
 
 from stream.settings import Settings
+from tests.support import TEST_DB_URL, TEST_REDIS_URL, WorkerProcess, free_port, make_tiny_model
 
-REPO = Path(__file__).resolve().parents[1]
-TEST_DB_URL = os.environ.get(
-    "SENTIMENT_TEST_POSTGRES_URL", "postgresql+psycopg://sentiment:sentiment@127.0.0.1:5432/sentiment_test"
-)
-TEST_REDIS_URL = os.environ.get("SENTIMENT_TEST_REDIS_URL", "redis://127.0.0.1:6379/1")
-WORDS = [
-    "the", "a", "an", "and", "or", "but", "not", "no", "very", "really", "so", "too", "is", "was", "are",
-    "be", "it", "this", "that", "i", "you", "we", "they", "my", "our", "good", "great", "love", "excellent",
-    "amazing", "happy", "best", "fine", "okay", "ok", "average", "bad", "terrible", "awful", "hate", "worst",
-    "poor", "slow", "broken", "product", "service", "app", "phone", "battery", "delivery", "food", "staff",
-    "price", "quality", "works", "failed", "refund", "again", "never", "always", "would", "recommend", "buy",
-    "returned"
-]
+# Fixtures that reach Kafka, Postgres or Redis: a test using any of them (directly or through another
+# fixture) is an integration test. A new service fixture goes in this set.
+SERVICE_FIXTURES = frozenset({"migrated_db", "pg_url", "redis_url", "reg_url", "settings", "topics",
+                              "worker_factory", "app_env"})
 
 
-def make_tiny_model(path: Path, seed: int = 0) -> Path:
-    """A 2-layer randomly initialised DistilBERT with a small WordPiece vocab: fast, offline, 3 labels."""
-    import torch
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification, DistilBertTokenizerFast
-
-    path.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz0123456789",
-             *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"], *".,!?'-"]
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    DistilBertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True).save_pretrained(path)
-    torch.manual_seed(seed)
-    config = DistilBertConfig(
-        vocab_size=len(vocab), dim=32, hidden_dim=64, n_layers=2, n_heads=2, max_position_embeddings=256,
-        id2label={0: "negative", 1: "neutral", 2: "positive"},
-        label2id={"negative": 0, "neutral": 1, "positive": 2},
-    )
-    DistilBertForSequenceClassification(config).save_pretrained(path)
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        needs_service = bool(SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+        if needs_service or item.get_closest_marker("chaos"):
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)
 
 
 @pytest.fixture(scope="session")
@@ -75,29 +50,42 @@ def migrated_db() -> str:
 
 
 @pytest.fixture
+def pg_url(migrated_db: str) -> str:
+    """The migrated test database's URL (shared by the tests: use per-test ids)."""
+    return migrated_db
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The test Redis database's URL (shared by the tests: use a per-test key prefix)."""
+    return TEST_REDIS_URL
+
+
+@pytest.fixture
+def reg_url(uid: str) -> Iterator[str]:
+    """A private Postgres schema migrated to head (the registry has one production version per schema)."""
+    from tests.registry_helpers import registry_schema
+
+    with registry_schema(uid) as url:
+        yield url
+
+
+@pytest.fixture
 def uid() -> str:
     return uuid.uuid4().hex[:10]
 
 
 @pytest.fixture
-def settings(uid: str, migrated_db: str, tiny_model: Path) -> Settings:
-    """Settings isolated to this test: own topics, consumer group, key prefix; the tiny model."""
+def settings(uid: str, migrated_db: str, tiny_model: Path, tmp_path: Path) -> Settings:
+    """Settings isolated to this test: own topics, consumer group, key prefix, models dir; the tiny model."""
     return Settings(
         kafka={"reviews_topic": f"t-{uid}-reviews", "dlq_topic": f"t-{uid}-dlq", "partitions": 2},
         postgres={"url": migrated_db},
         redis={"url": TEST_REDIS_URL, "key_prefix": f"t-{uid}"},
         model={"dir": tiny_model, "version": f"tiny-{uid}", "batch_size": 16},
         worker={"app_id": f"t-{uid}-worker", "batch_max": 32, "batch_within_s": 0.2, "metrics_port": free_port()},
+        models_dir=tmp_path / "models",
     )
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment a worker subprocess needs to see the same settings (one torch thread: tests share cores)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SENTIMENT_")}
-    env.update(settings.to_env())
-    env.update(SENTIMENT_MODEL__THREADS="1", SENTIMENT_WORKER__RETRY_MAX_BACKOFF_S="2",
-               SENTIMENT_WORKER__SESSION_TIMEOUT_S="6", PYTHONUNBUFFERED="1")
-    return env
 
 
 @pytest.fixture
@@ -114,37 +102,6 @@ def topics(settings: Settings) -> Iterator[Settings]:
         admin.close()
 
 
-class WorkerProcess:
-    """`sentiment worker` as a real subprocess, with its log kept for the assertion messages."""
-
-    def __init__(self, settings: Settings, log_path: Path) -> None:
-        self.settings = settings
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> WorkerProcess:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream", "worker"], cwd=REPO, env=settings_env(self.settings),
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        return self
-
-    def stop(self, sig: int = 15, timeout: float = 60) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-
 @pytest.fixture
 def worker_factory(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
     started: list[WorkerProcess] = []
@@ -159,13 +116,16 @@ def worker_factory(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProces
         w.stop()
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str, on_fail: Callable[[], str] = str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{on_fail()}")
+@pytest.fixture
+def app_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Point the dashboard at this test's settings through the environment (one torch thread: shared cores)."""
+    import os
+
+    for key in [k for k in os.environ if k.startswith("SENTIMENT_")]:
+        monkeypatch.delenv(key)
+    for key, value in {**settings.to_env(), "SENTIMENT_MODEL__THREADS": "1"}.items():
+        monkeypatch.setenv(key, value)
+    return settings
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -177,17 +137,3 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         for f in FIGURES:
             terminalreporter.write_line(f"{f['scenario']}: " + ", ".join(f"{k}={v}" for k, v in f.items()
                                                                           if k != "scenario"))
-
-
-def invoke_cli(settings: Settings, *args: str):
-    """`sentiment ARGS` in-process (typer's CliRunner) with these settings as SENTIMENT_* variables."""
-    from typer.testing import CliRunner
-
-    from stream.cli import app
-    from stream.settings import get_settings
-
-    get_settings.cache_clear()
-    try:
-        return CliRunner().invoke(app, list(args), env={**settings.to_env(), "COLUMNS": "200"})
-    finally:
-        get_settings.cache_clear()

@@ -14,7 +14,8 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from tests.conftest import TEST_DB_URL, make_tiny_model
+from stream.settings import Settings
+from tests.support import TEST_DB_URL, make_tiny_model
 
 
 @contextmanager
@@ -61,3 +62,8 @@ def fixed_scores(scores: dict[str, float], calls: list[tuple[str, str]] | None =
         return {"macro_f1": f1, "accuracy": f1, "macro_recall": f1, "rows": 300}
 
     return evaluate
+
+
+def lifecycle_settings(root: Path) -> Settings:
+    """Settings for the lifecycle calls (publish, promote, rollback): model store and `current` under ``root``."""
+    return Settings(registry={"store_dir": root / "store"}, models_dir=root / "models")

@@ -15,15 +15,15 @@ import pytest
 import redis
 from sqlalchemy import select
 
+from sentiment_model.predictor import Prediction, Predictor
 from storage.db import get_engine
 from storage.schema import review_sentiment as t
 from storage.trends import TrendCounters
 from stream.dlq import DeadLetterWriter, read_dead_letters
 from stream.events import RawRecord
 from stream.pipeline import BatchProcessor, Retrier, Stopping
-from stream.predictor import Prediction, Predictor
 from stream.settings import Settings
-from tests.conftest import free_port
+from tests.support import free_port
 
 
 def records(topic: str, uid: str, n: int) -> list[RawRecord]:

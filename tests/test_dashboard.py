@@ -13,50 +13,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
-from storage.db import get_engine
-from storage.reviews import LabelledReview, StoredLabel, insert_reviews
+from sentiment_app.dashboard import launch
+from sentiment_app.dashboard.trends import negative_alert, trend_frame, window_counts
 from storage.trends import MINUTE, TrendBucket
-from stream.dashboard import launch
-from stream.dashboard.trends import negative_alert, trend_frame, window_counts
 from stream.services import trend_counters
 from stream.settings import Settings
-from tests.conftest import free_port
-
-APP = Path(launch.APP)
-
-
-@pytest.fixture
-def app_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Point the app at this test's settings through the environment (one torch thread: shared cores)."""
-    for key in [k for k in os.environ if k.startswith("SENTIMENT_")]:
-        monkeypatch.delenv(key)
-    for key, value in {**settings.to_env(), "SENTIMENT_MODEL__THREADS": "1"}.items():
-        monkeypatch.setenv(key, value)
-    return settings
-
-
-def open_page(name: str, timeout: float = 30) -> AppTest:
-    """The app as `streamlit run` would serve it, opened on one page."""
-    return AppTest.from_file(str(APP), default_timeout=timeout).switch_page(f"views/{name}.py").run()
-
-
-def store(settings: Settings, source: str, labels: list[str], text: str = "review") -> list[StoredLabel]:
-    """Reviews written as the worker writes them: a Postgres row each, then counted once in Redis."""
-    now = datetime.now(UTC)
-    reviews = [
-        LabelledReview(f"{source}-{i}", f"{text} {i}", source, now, label, 0.9, *(
-            [0.9 if label == k else 0.05 for k in ("negative", "neutral", "positive")]), "tiny-test")
-        for i, label in enumerate(labels)
-    ]
-    stored = insert_reviews(get_engine(settings.postgres.url.get_secret_value()), reviews)
-    trend_counters(settings).count(stored)
-    return stored
-
-
-def metrics(at: AppTest) -> dict[str, str]:
-    return {m.label: m.value for m in at.metric}
+from tests.support import APP, free_port, metrics, open_page, store
 
 
 def test_streamlit_argv_lets_the_environment_win() -> None:
@@ -73,7 +36,7 @@ def test_streamlit_argv_lets_the_environment_win() -> None:
 def test_cli_dashboard_execs_streamlit_on_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from stream.cli import app
+    from sentiment_app.cli import app
 
     calls: list[list[str]] = []
     monkeypatch.setattr(os, "execv", lambda path, argv: calls.append(argv))
@@ -208,15 +171,16 @@ def test_experiments_page_shows_the_registry_and_production(app_env: Settings, u
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from sqlalchemy import create_engine
 
-    from storage import registry
-    from tests.registry_helpers import fake_run, registry_schema
+    from sentiment_app.lifecycle import promotion
+    from tests.registry_helpers import fake_run, lifecycle_settings, registry_schema
 
     with registry_schema(uid) as url:
         engine = create_engine(url)
         run = fake_run(tmp_path, "run-a", seed=1)
         scores = lambda model_dir, eval_set: {"macro_f1": 0.5, "accuracy": 0.6}  # noqa: E731
-        ref = registry.publish(engine, run, tmp_path / "store", "sample", version=f"v-{uid}", evaluate=scores)
-        registry.promote(engine, ref.version, force=True, evaluate=scores)
+        life = lifecycle_settings(tmp_path)
+        ref = promotion.publish(life, engine, run, "sample", version=f"v-{uid}", evaluate=scores)
+        promotion.promote(life, engine, ref.version, force=True, evaluate=scores)
         monkeypatch.setenv("SENTIMENT_POSTGRES__URL", url)
         at = open_page("experiments")
         assert not at.exception and not at.error

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from storage.schema import LABELS
+from sentiment_model.labels import LABELS
 from storage.trends import MINUTE
 from stream.services import trend_counters
 from stream.settings import Settings
-from tests.conftest import REPO, free_port, settings_env, wait_until
-from tests.test_dashboard import store
+from tests.support import REPO, free_port, settings_env, store, wait_until
 
 CHROMIUM = Path(os.environ.get("SENTIMENT_TEST_CHROMIUM", "/usr/bin/chromium"))
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -50,8 +49,8 @@ def dashboard(settings: Settings, tmp_path: Path) -> Iterator[str]:
     port = free_port()
     log = (tmp_path / "dashboard.log").open("wb")
     env = {k: v for k, v in settings_env(settings).items() if not k.startswith("STREAMLIT_")}
-    proc = subprocess.Popen([sys.executable, "-m", "stream", "dashboard", "--port", str(port)], cwd=REPO, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "sentiment_app", "dashboard", "--port", str(port)], cwd=REPO,
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: healthy(url) or proc.poll() is not None, 60, "the dashboard to answer",

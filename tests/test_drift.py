@@ -17,8 +17,7 @@ from stream.drift import DriftMonitor, ReferenceProfile, drift_score, label_psi,
 from stream.services import trend_counters
 from stream.settings import Settings
 from tests.accounting import FIGURES, produce, rows_for, scrape
-from tests.conftest import invoke_cli, wait_until
-from tests.test_dashboard import app_env, metrics, open_page  # noqa: F401  (fixture and page helpers)
+from tests.support import invoke_cli, metrics, open_page, wait_until
 from training.config import config_from_dict
 from training.tiny import build_tiny_model, synthetic_rows, write_synthetic_csv
 from training.train import run_experiment

@@ -13,8 +13,7 @@ from storage.feedback import FeedbackError, add_correction, corrected_reviews, c
 from storage.reviews import LabelledReview, insert_reviews
 from storage.schema import review_sentiment as t
 from stream.settings import Settings
-from tests.conftest import invoke_cli
-from tests.test_dashboard import app_env, open_page  # noqa: F401  (fixture and page opener)
+from tests.support import invoke_cli, open_page
 
 
 def labelled(ids: list[str], label: str = "positive") -> list[LabelledReview]:

@@ -7,7 +7,6 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -16,22 +15,17 @@ from kafka import KafkaProducer
 from pydantic import SecretStr
 from sqlalchemy import func, select
 
+from sentiment_app.lifecycle import promotion
+from sentiment_model.predictor import Predictor
 from storage import registry
 from storage.db import get_engine
 from storage.registry import ModelRef
 from storage.schema import review_sentiment as t
 from stream.pipeline import BatchProcessor, ModelFollower
-from stream.predictor import Predictor
 from stream.settings import Settings
 from tests.accounting import rows_for, scrape
-from tests.conftest import WORDS, wait_until
-from tests.registry_helpers import fake_run, fixed_scores, registry_schema
-
-
-@pytest.fixture
-def reg_url(uid: str) -> Iterator[str]:
-    with registry_schema(uid) as url:
-        yield url
+from tests.registry_helpers import fake_run, fixed_scores
+from tests.support import WORDS, wait_until
 
 
 @pytest.fixture
@@ -78,8 +72,8 @@ def test_a_promotion_reaches_a_streaming_worker_without_gap_or_overlap(
     a, b = f"{uid}-a", f"{uid}-b"
     ev = fixed_scores({a: 0.6, b: 0.7})
     for seed, name in enumerate((a, b)):
-        registry.publish(engine, fake_run(tmp_path / "runs", name, seed), settings.model_store(), "sample", evaluate=ev)
-    registry.promote(engine, a, evaluate=ev)
+        promotion.publish(settings, engine, fake_run(tmp_path / "runs", name, seed), "sample", evaluate=ev)
+    promotion.promote(settings, engine, a, evaluate=ev)
 
     producer = SteadyProducer(settings, uid, rate=60)
     producer.start()
@@ -89,7 +83,7 @@ def test_a_promotion_reaches_a_streaming_worker_without_gap_or_overlap(
             return sum(1 for r in rows_for(settings, uid) if r.model_version == version)
 
         wait_until(lambda: count(a) >= 100, 120, f"rows labelled by {a}", worker.log)
-        assert registry.promote(engine, b, evaluate=ev).promoted
+        assert promotion.promote(settings, engine, b, evaluate=ev).promoted
         promoted_at = registry.get_version(engine, b).promoted_at
         wait_until(lambda: count(b) > 0, 30, f"rows labelled by {b}", worker.log)
         time.sleep(2)  # keep streaming across the switch
@@ -123,7 +117,7 @@ def _medium_model(path: Path, seed: int) -> Path:
     import torch
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
-    from tests.conftest import make_tiny_model
+    from tests.support import make_tiny_model
 
     make_tiny_model(path, seed)  # tokenizer files
     torch.manual_seed(seed)

@@ -18,7 +18,7 @@ from storage.trends import TrendCounters
 from stream.dlq import read_dead_letters
 from stream.settings import Settings
 from tests.accounting import assert_redis_matches_sql, committed_to_end, produce, rows_for, scrape
-from tests.conftest import wait_until
+from tests.support import wait_until
 
 BAD: list[tuple[bytes, str]] = [
     (b"{not json", "invalid_json"),

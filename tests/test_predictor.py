@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from stream.batch import classify_csv
-from stream.predictor import Predictor, label_order
+from sentiment_app.csv_labelling import classify_csv
+from sentiment_model.errors import UserError
+from sentiment_model.labels import label_order
+from sentiment_model.predictor import Predictor
 
 
 def test_batched_length_sorted_predictions_equal_one_by_one(tiny_model: Path) -> None:
@@ -45,9 +47,9 @@ def test_label_order(id2label: dict[int, str], expected: list[str]) -> None:
 
 
 def test_label_order_rejects_unmappable_heads() -> None:
-    with pytest.raises(ValueError, match="cannot map"):
+    with pytest.raises(UserError, match="cannot map"):
         label_order({0: "joy", 1: "anger", 2: "fear"})
-    with pytest.raises(ValueError, match="3-class"):
+    with pytest.raises(UserError, match="3-class"):
         label_order({0: "negative", 1: "positive"})
 
 
@@ -66,5 +68,5 @@ def test_classify_csv_labels_every_row(tiny_model: Path, tmp_path: Path) -> None
         rows = list(csv.DictReader(f))
     assert len(rows) == 1001 and rows[5]["id"] == "5"
     assert {r["label"] for r in rows} <= {"negative", "neutral", "positive"}
-    with pytest.raises(ValueError, match="no column 'text'"):
+    with pytest.raises(UserError, match="no column 'text'"):
         classify_csv(predictor, src, tmp_path / "x.csv")

@@ -13,7 +13,7 @@ from kafka import KafkaConsumer
 
 from stream.producer import Columns, produce_file
 from stream.settings import Settings
-from tests.conftest import REPO, settings_env
+from tests.support import REPO, settings_env
 
 
 def consume_all(settings: Settings, n: int) -> list:
@@ -54,7 +54,7 @@ def test_jsonl_via_cli_reports_skips(topics: Settings, tmp_path: Path) -> None:
     lines = [json.dumps({"review_id": f"j{i}", "text": f"text {i}", "source": "api"}) for i in range(20)]
     lines += ["{broken", json.dumps([1, 2]), json.dumps({"text": 5}), ""]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    result = subprocess.run([sys.executable, "-m", "stream", "produce", str(path), "--rate", "200"], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "sentiment_app", "produce", str(path), "--rate", "200"], cwd=REPO,
                             env=settings_env(topics), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "sent 20, skipped 3" in result.stdout

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stream.predictor import Predictor, predictor_from_settings
+from sentiment_model.predictor import Predictor, predictor_from_settings
 from stream.settings import ModelSettings
 
 TEXTS = ["love it", "terrible service and slow delivery " * 5, "ok", "", "the battery works great",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,27 +13,21 @@ import yaml
 from pydantic import SecretStr
 from sqlalchemy import select
 
+from sentiment_app.lifecycle.refresh import load_refresh_config, run_refresh
 from storage import registry
 from storage.db import get_engine
 from storage.feedback import add_correction
 from storage.reviews import LabelledReview, insert_reviews
 from storage.sampling import in_sample
 from stream.settings import Settings
-from tests.conftest import invoke_cli
-from tests.registry_helpers import registry_schema
+from tests.registry_helpers import lifecycle_settings
+from tests.support import invoke_cli
 from training.config import ConfigError, load_config
 from training.data import dedup_key, load_dataset
-from training.refresh import load_refresh_config, run_refresh
 from training.tiny import build_tiny_model, synthetic_rows, write_synthetic_csv
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 HOLDOUT_SHARE = 0.25
-
-
-@pytest.fixture
-def reg_url(uid: str) -> Iterator[str]:
-    with registry_schema(uid) as url:
-        yield url
 
 
 @pytest.fixture
@@ -67,12 +60,12 @@ def review(rid: str, text: str, label: str) -> LabelledReview:
 def test_feedback_flows_into_the_next_refresh_and_a_worse_candidate_is_not_promoted(
         reg_url: str, workdir: Path, uid: str) -> None:
     engine = get_engine(reg_url)
-    store = workdir / "store"
+    life = lifecycle_settings(workdir)
     config = load_refresh_config(workdir / "refresh.yaml")
     gate_set = str(workdir / "eval.csv")
 
     # 1. No feedback, no production: the first refresh is promoted because nothing serves yet.
-    first = run_refresh(config, engine, store, "unused", run_id="first")
+    first = run_refresh(config, life, engine, run_id="first")
     assert first.promoted and first.reason == "no production model yet" and first.counts.corrections == 0
     assert registry.production(engine).version == first.candidate
 
@@ -97,7 +90,7 @@ def test_feedback_flows_into_the_next_refresh_and_a_worse_candidate_is_not_promo
 
     # 3. A refresh whose candidate is worse (one optimizer step): scored on the same sets, recorded, not promoted.
     worse = config.model_copy(update={"overrides": {"max_steps": 1, "learning_rate": 1e-5}})
-    second = run_refresh(worse, engine, store, "unused", run_id="second")
+    second = run_refresh(worse, life, engine, run_id="second")
     c = second.counts
     assert (c.corrections, c.held_out, c.changed_label) == (41, len(held), 41)
     assert c.added_to_train == 40 - len(held) and c.replaced_base_labels == 1

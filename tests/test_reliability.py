@@ -21,7 +21,7 @@ from stream.dlq import read_dead_letters
 from stream.services import create_topics
 from stream.settings import Settings
 from tests.accounting import FIGURES, assert_redis_matches_sql, committed_to_end, rows_for
-from tests.conftest import REPO, WorkerProcess, free_port, wait_until
+from tests.support import REPO, WorkerProcess, free_port, wait_until
 
 pytestmark = pytest.mark.chaos
 STACK = [str(REPO / "ops" / "stack.sh")]

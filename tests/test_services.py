@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from storage.db import get_engine
 from stream.settings import Settings
-from tests.conftest import REPO, TEST_REDIS_URL, settings_env
+from tests.support import REPO, TEST_REDIS_URL, settings_env
 
 
 def test_kafka_produce_and_consume(topics: Settings) -> None:
@@ -59,7 +59,7 @@ def test_redis_round_trip() -> None:
 
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "stream", *args], cwd=REPO, env={**env, "COLUMNS": "200"},
+    return subprocess.run([sys.executable, "-m", "sentiment_app", *args], cwd=REPO, env={**env, "COLUMNS": "200"},
                           capture_output=True,
                           text=True, timeout=60)
 

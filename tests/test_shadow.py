@@ -9,7 +9,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,12 +19,14 @@ from rich.console import Console
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
+from sentiment_app.lifecycle import promotion
+from sentiment_model.labels import LABELS
+from sentiment_model.predictor import Prediction, Predictor
 from storage import registry
 from storage import shadow as shadow_store
 from storage.db import get_engine
 from storage.registry import RegistryError
 from storage.sampling import in_sample
-from storage.schema import LABELS
 from storage.schema import review_sentiment as t
 from storage.shadow import (
     Comparison,
@@ -36,11 +38,10 @@ from storage.shadow import (
 )
 from stream.events import RawRecord
 from stream.pipeline import BatchProcessor, ModelFollower
-from stream.predictor import Prediction, Predictor
 from stream.settings import Settings
 from tests.accounting import assert_redis_matches_sql, produce, rows_for, scrape
-from tests.conftest import WORDS, wait_until
-from tests.registry_helpers import fake_run, fixed_scores, registry_schema
+from tests.registry_helpers import fake_run, fixed_scores, lifecycle_settings
+from tests.support import WORDS, wait_until
 
 # --- the sampling function and the statistics (no services) ---------------------------------------------
 
@@ -186,12 +187,6 @@ def test_a_candidate_that_cannot_load_is_dropped_and_production_goes_on(tmp_path
 # --- storage and CLI against real Postgres --------------------------------------------------------------
 
 
-@pytest.fixture
-def reg_url(uid: str) -> Iterator[str]:
-    with registry_schema(uid) as url:
-        yield url
-
-
 def _opinionated_run(root: Path, run_id: str, noise: float) -> Path:
     """A tiny run whose labels depend on the text (a fresh tiny model labels everything alike); ``noise`` on
     the classifier makes a sibling that agrees with the noise-free one on roughly 70% of texts (at 0.3)."""
@@ -217,12 +212,12 @@ def _publish(engine, tmp_path: Path, store: Path, names: Sequence[str]) -> None:
     ev = fixed_scores({n: 0.5 + 0.1 * k for k, n in enumerate(names)})
     for k, name in enumerate(names):
         registry.publish(engine, _opinionated_run(tmp_path / "runs", name, 0.3 * k), store, "sample", evaluate=ev)
-    registry.promote(engine, names[0], evaluate=ev)
+    promotion.promote(lifecycle_settings(tmp_path), engine, names[0], evaluate=ev)
 
 
 def test_deployments_records_and_the_cli(reg_url: str, uid: str, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from stream.cli import app
+    from sentiment_app.cli import app
     from stream.settings import get_settings
 
     engine = get_engine(reg_url)
@@ -256,7 +251,7 @@ def test_deployments_records_and_the_cli(reg_url: str, uid: str, tmp_path: Path,
         monkeypatch.delenv(key)
     monkeypatch.setenv("SENTIMENT_POSTGRES__URL", reg_url)
     monkeypatch.setenv("SENTIMENT_MODELS_DIR", str(tmp_path / "models"))
-    monkeypatch.setattr("stream.models_cli.console", Console(width=250))
+    monkeypatch.setattr("sentiment_app.cli.models.console", Console(width=250))
     get_settings.cache_clear()
     runner = CliRunner()
     try:
@@ -371,13 +366,13 @@ def test_a_worker_shadows_a_share_without_writing_labels_and_a_replay_adds_nothi
     assert sum(p.label == s.candidate_label for p, s in zip(mine, check, strict=True)) >= 98
 
     # the CLI shows the same figures
-    from stream.cli import app
+    from sentiment_app.cli import app
     from stream.settings import get_settings
 
     for key in [k for k in os.environ if k.startswith("SENTIMENT_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("SENTIMENT_POSTGRES__URL", settings.postgres.url.get_secret_value())
-    monkeypatch.setattr("stream.models_cli.console", Console(width=250))
+    monkeypatch.setattr("sentiment_app.cli.models.console", Console(width=250))
     get_settings.cache_clear()
     try:
         out = CliRunner().invoke(app, ["models", "compare", b])

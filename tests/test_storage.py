@@ -12,7 +12,7 @@ from storage.db import get_engine
 from storage.reviews import LabelledReview, count_by_label, insert_reviews, run_readonly_sql
 from storage.schema import review_sentiment
 from storage.trends import HOUR, MINUTE, TrendCounters, bucket_key
-from tests.conftest import TEST_REDIS_URL
+from tests.support import TEST_REDIS_URL
 
 
 def review(rid: str, label: str = "positive", source: str = "src", when: datetime | None = None,

@@ -15,11 +15,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from stream.predictor import Predictor
-from tests.test_training_run import tiny_config
-from training.config import config_from_dict
+from sentiment_model.heads import MODEL_TYPE, MeanPoolingForSequenceClassification, mean_pool
+from sentiment_model.predictor import Predictor
+from tests.support import tiny_config
+from training.config import ConfigError, config_from_dict
 from training.evaluate import DataSpec, evaluate_model
-from training.heads import MODEL_TYPE, MeanPoolingForSequenceClassification, mean_pool
 from training.modeling import encoder_layers, freeze, load_base
 from training.tiny import build_tiny_model, write_synthetic_csv
 from training.train import run_experiment
@@ -60,7 +60,7 @@ def trained(workdir: Path):
 def test_pooling_defaults_to_cls_and_is_validated(workdir: Path) -> None:
     assert mean_config(workdir, pooling="cls").pooling == "cls"
     assert config_from_dict({"data": {"path": "x.csv"}}).pooling == "cls"
-    with pytest.raises(ValueError, match="pooling"):
+    with pytest.raises(ConfigError, match="pooling"):
         mean_config(workdir, pooling="max")
 
 
@@ -101,9 +101,9 @@ def test_predictor_serves_it_with_the_same_predictions(trained) -> None:
 
 
 def test_predictor_alone_registers_the_head(trained) -> None:
-    """A serving process imports stream.predictor, not the training code, before loading the model."""
+    """A serving process imports sentiment_model.predictor, not the training code, before loading the model."""
     code = (
-        "import sys; from stream.predictor import Predictor; "
+        "import sys; from sentiment_model.predictor import Predictor; "
         f"p = Predictor({str(trained.model_dir)!r}, device='cpu', threads=1); "
         "print(type(p.model).__name__, p.predict(['the service was great and fast'])[0].label)"
     )
@@ -175,5 +175,5 @@ def test_a_mean_pooling_base_is_fine_tuned_as_it_is(trained) -> None:
     model, _, _ = load_base(str(trained.model_dir), "mean")
     saved = load_file(trained.model_dir / "model.safetensors")
     assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
-    with pytest.raises(ValueError, match="pooling: mean"):
+    with pytest.raises(ConfigError, match="pooling: mean"):
         load_base(str(trained.model_dir), "cls")

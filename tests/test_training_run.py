@@ -11,9 +11,11 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 from typer.testing import CliRunner
 
+from sentiment_model.predictor import Predictor
+from tests.support import tiny_config
 from training.cli import app, experiments
-from training.config import config_from_dict
-from training.distill import predict_logits, teacher_probabilities
+from training.config import ConfigError
+from training.distill import teacher_probabilities
 from training.evaluate import DataSpec, evaluate_model
 from training.modeling import encoder_layers, freeze, layerwise_param_groups
 from training.tiny import build_tiny_model, write_synthetic_csv
@@ -30,17 +32,6 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_tiny_model(root / "bert", "bert", n_layers=3)
     write_synthetic_csv(root / "synthetic.csv", 600, seed=1)
     return root
-
-
-def tiny_config(workdir: Path, **extra):
-    settings = {
-        "name": "tiny", "base_model": str(workdir / "distilbert"),
-        "data": {"path": str(workdir / "synthetic.csv"), "split": {"validation": 0.1, "test": 0.2}},
-        "max_length": 32, "batch_size": 16, "learning_rate": 2e-3, "warmup_ratio": 0.0, "epochs": 10,
-        "eval_steps": 25, "save_top_k": 2, "num_threads": 1, "logging_steps": 10,
-    }
-    settings.update(extra)
-    return config_from_dict(settings)
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +162,7 @@ def test_freeze_finds_layers_on_both_families(workdir: Path) -> None:
         names = freeze(model, n, embeddings=True)
         trainable = [k for k, p in model.named_parameters() if p.requires_grad]
         assert names and all("classifier" in k or "pre_classifier" in k or "pooler" in k for k in trainable)
-        with pytest.raises(ValueError, match="only"):
+        with pytest.raises(ConfigError, match="only"):
             freeze(model, n + 1, embeddings=False)
 
 
@@ -278,9 +269,9 @@ def test_tracker_rewrites_an_older_header_before_appending(tmp_path: Path) -> No
 
 def test_teacher_probabilities_average_the_teachers(trained, workdir: Path) -> None:
     texts = ["great love excellent", "terrible hate awful", "the okay a this"]
-    alone = torch.softmax(torch.from_numpy(predict_logits(trained.run_dir, texts)) / 2.0, dim=-1).numpy()
+    alone = torch.softmax(Predictor(trained.model_dir).predict_logits(texts) / 2.0, dim=-1).numpy()
     other = run_experiment(tiny_config(workdir, seed=7, epochs=2), workdir / "teacher-b")
-    other_probs = torch.softmax(torch.from_numpy(predict_logits(other.model_dir, texts)) / 2.0, dim=-1).numpy()
+    other_probs = torch.softmax(Predictor(other.model_dir).predict_logits(texts) / 2.0, dim=-1).numpy()
     both = teacher_probabilities([trained.run_dir, other.model_dir], texts, temperature=2.0)
     assert both == pytest.approx((alone + other_probs) / 2, abs=1e-5)
     assert both.sum(axis=1) == pytest.approx([1.0] * 3, abs=1e-5)
@@ -297,8 +288,8 @@ def test_distilled_student_follows_its_teacher_over_the_gold_labels(workdir: Pat
                              workdir / "student")
     assert (student.run_dir / "teacher_probs.npy").is_file()
     texts = ["great love excellent", "terrible hate awful"]
-    teacher_says = predict_logits(teacher.model_dir, texts).argmax(-1).tolist()
-    student_says = predict_logits(student.model_dir, texts).argmax(-1).tolist()
+    teacher_says = Predictor(teacher.model_dir).predict_logits(texts).argmax(-1).tolist()
+    student_says = Predictor(student.model_dir).predict_logits(texts).argmax(-1).tolist()
     assert teacher_says == [0, 2] and student_says == teacher_says  # negative for "great", positive for "terrible"
     assert student.test["accuracy"] < 0.5  # scored against the true labels it never followed
 

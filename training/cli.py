@@ -1,7 +1,9 @@
 """``sentiment train | sweep | evaluate | experiments``: the training commands.
 
-``app`` is a ``typer.Typer`` the root CLI mounts; every command is also a plain function with real
-defaults (``train("configs/demo.yaml")`` works from Python).
+``app`` is a ``typer.Typer`` the root CLI (``sentiment_app.cli``) mounts; every command is also a plain
+function with real defaults (``train("configs/demo.yaml")`` works from Python). User errors
+(``sentiment_model.errors.UserError``: bad config, bad data, no model) propagate: the root CLI prints them
+on one line and exits 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(help="Fine-tune, compare and evaluate sentiment models.", no_args_is_help=True)
+app = typer.Typer(help="Fine-tune, compare and evaluate sentiment models.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
 console = Console(width=max(Console().width, 150))  # run tables are wide; logs should not fold them
 
 DEFAULT_RUNS = Path("runs")
@@ -42,11 +45,6 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
             raise typer.BadParameter(f"--set {item!r}: expected KEY=VALUE, e.g. learning_rate=2e-5")
         out[key.strip()] = yaml.safe_load(value)
     return out
-
-
-def _fail(err: Exception) -> None:
-    console.print(f"error: {err}", style="red", markup=False, soft_wrap=True, highlight=False)
-    raise typer.Exit(code=2)
 
 
 HEADERS = {"run_id": "run", "learning_rate": "lr", "freeze_layers": "frozen", "class_weights": "weights",
@@ -100,14 +98,10 @@ def train(
     from training.config import load_config
     from training.train import run_experiment
 
-    try:
-        cfg = load_config(config, parse_overrides(set_))
-        console.print(f"[bold]train[/bold] {cfg.name}: {cfg.base_model}, lr {cfg.learning_rate:g}, "
-                      f"freeze {cfg.freeze_layers}, class weights {cfg.class_weights}")
-        result = run_experiment(cfg, run_root, run_id=resume, resume=resume is not None, tracker_csv=tracker)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        _fail(err)
-        return
+    cfg = load_config(config, parse_overrides(set_))
+    console.print(f"[bold]train[/bold] {cfg.name}: {cfg.base_model}, lr {cfg.learning_rate:g}, "
+                  f"freeze {cfg.freeze_layers}, class weights {cfg.class_weights}")
+    result = run_experiment(cfg, run_root, run_id=resume, resume=resume is not None, tracker_csv=tracker)
     t = result.test or result.validation
     scope = "test" if result.test else "validation"
     console.print(f"[bold]{result.run_id}[/bold] {scope}: accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}, "
@@ -133,11 +127,7 @@ def sweep(
     from training.sweep import expand_sweep
     from training.train import run_experiment
 
-    try:
-        configs = expand_sweep(source, parse_overrides(set_))
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
-        return
+    configs = expand_sweep(source, parse_overrides(set_))
     console.print(f"[bold]sweep[/bold] {source}: {len(configs)} runs: " + ", ".join(c.name for c in configs))
     if dry_run:
         return
@@ -163,7 +153,8 @@ def evaluate(
     text_column: Annotated[str, typer.Option(help="column holding the text")] = "text",
     label_column: Annotated[str, typer.Option(help="column holding the label")] = "label",
     label_map: Annotated[str | None, typer.Option(help="raw=class pairs, e.g. 'bad=negative,good=positive'")] = None,
-    batch_size: Annotated[int, typer.Option(help="texts per forward pass")] = 64,
+    batch_size: Annotated[int | None, typer.Option(
+        help="texts per forward pass [default: SENTIMENT_MODEL__BATCH_SIZE]")] = None,
     out: Annotated[Path | None, typer.Option(help="write metrics.json, report and confusion matrix here")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON")] = False,
 ) -> None:
@@ -178,11 +169,7 @@ def evaluate(
         mapping = dict(pair.split("=", 1) for pair in label_map.split(",") if "=" in pair)
     spec = DataSpec(path=data, format=format, text_column=text_column, label_column=label_column,
                     label_map=mapping, split=split)
-    try:
-        result = evaluate_model(model_dir, spec, batch_size=batch_size, out_dir=out)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
-        return
+    result = evaluate_model(model_dir, spec, batch_size=batch_size, out_dir=out)
     if as_json:
         console.print_json(json.dumps(result))
         return

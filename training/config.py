@@ -12,25 +12,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
+from sentiment_model.cleaning import CleaningConfig
+from sentiment_model.errors import UserError
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class CleaningConfig(Strict):
-    """Optional text cleaning, applied identically to every split (and by ``evaluate``)."""
-
-    unescape: bool = Field(
-        False,
-        description="undo export artifacts: HTML entities (&amp;), literal \\uXXXX escapes, CSV-doubled quotes "
-        "and stray quotes wrapping the whole text",
-    )
-    urls: bool = Field(False, description="replace http(s)/www links with the token 'http'")
-    mentions: bool = Field(False, description="replace @handles with '@user' (TweetEval's convention)")
-    whitespace: bool = Field(True, description="collapse runs of whitespace and strip the ends")
-    lowercase: bool = Field(False, description="lower-case (uncased tokenizers do this anyway)")
 
 
 class SplitConfig(Strict):
@@ -169,7 +156,7 @@ class ExperimentConfig(Strict):
         return self.warmup_ratio
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config that cannot be used; the message names the file and the offending keys."""
 
 

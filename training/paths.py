@@ -18,6 +18,8 @@ import importlib.util
 import os
 from pathlib import Path
 
+from sentiment_model.errors import ModelNotFoundError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 MODEL_ALIASES = {
@@ -37,7 +39,7 @@ def package_dir(spec: str) -> Path:
     module, _, sub = spec.partition("/")
     found = importlib.util.find_spec(module)
     if found is None or not found.submodule_search_locations:
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"package {module!r} is not installed; install it (e.g. `pip install {module.replace('_', '-')}`)"
         )
     root = Path(next(iter(found.submodule_search_locations)))

@@ -13,7 +13,7 @@ from typing import Literal
 
 from transformers import BertConfig, BertTokenizerFast, DistilBertConfig, DistilBertTokenizerFast
 
-from training.config import LABELS
+from sentiment_model.labels import LABELS
 
 WORDS = {
     "negative": ["awful", "terrible", "broken", "rude", "slow", "refund", "worst", "hate", "disappointing", "bad"],

@@ -9,6 +9,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from sentiment_model.errors import UserError
+
 COLUMNS = [
     "run_id", "finished_at", "name", "base_model", "max_length", "batch_size", "grad_accum", "learning_rate",
     "scheduler", "warmup", "epochs", "max_steps", "freeze_layers", "class_weights", "pooling", "layer_lr_decay",
@@ -65,7 +67,7 @@ def plot_runs(rows: list[dict[str, str]], path: Path, metrics: tuple[str, ...] =
     import numpy as np
 
     if not rows:
-        raise ValueError("no runs to plot; train one first (`sentiment train CONFIG.yaml`)")
+        raise UserError("no runs to plot; train one first (`sentiment train CONFIG.yaml`)")
     labels = [f"{r['name']}\n{r['run_id'][:15]}" for r in rows]
     x = np.arange(len(rows))
     width = 0.8 / len(metrics)

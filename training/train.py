@@ -29,10 +29,13 @@ from transformers import (
     set_seed,
 )
 
-from stream.drift import ReferenceProfile
+from sentiment_model.artifact import write_run_info
+from sentiment_model.errors import UserError
+from sentiment_model.labels import LABELS
+from sentiment_model.profile import ReferenceProfile
 from training import metrics as M
 from training import tracker
-from training.config import LABELS, ConfigError, DistillConfig, ExperimentConfig, dump_config
+from training.config import ConfigError, DistillConfig, ExperimentConfig, dump_config
 from training.data import LabelledData, Split, load_dataset
 from training.distill import teacher_probabilities
 from training.modeling import count_parameters, freeze, layerwise_param_groups, load_base
@@ -319,11 +322,11 @@ def run_experiment(
     wall_start = time.perf_counter()
     run_root = Path(run_root)
     if resume and not run_id:
-        raise ValueError("resume needs the run_id of the run to continue")
+        raise UserError("resume needs the run_id of the run to continue")
     run_id = run_id or new_run_id(config.name, run_root)
     run_dir = run_root / run_id
     if run_dir.exists() and not resume:
-        raise FileExistsError(f"{run_dir} exists; pick another run id or pass resume=True")
+        raise UserError(f"{run_dir} exists; pick another run id or pass resume=True")
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = run_dir / CHECKPOINTS
 
@@ -393,8 +396,6 @@ def run_experiment(
     model_dir = run_dir / "model"
     trainer.save_model(str(model_dir))
     tokenizer.save_pretrained(str(model_dir))
-    _write_json(model_dir / "label_map.json", {"id2label": {str(i): n for i, n in enumerate(LABELS)},
-                                               "label2id": {n: i for i, n in enumerate(LABELS)}})
     for name in ("training_args.bin",):
         (model_dir / name).unlink(missing_ok=True)
     # What the model predicts on data like its training data: the drift monitor's reference.
@@ -423,7 +424,7 @@ def run_experiment(
     run_info = {"run_id": run_id, "config": resolved_cfg, "best_step": best_step,
                 "validation_metrics": validation, "test_metrics": test, "timing": timing,
                 "labels": list(LABELS)}
-    _write_json(model_dir / "training_run.json", run_info)
+    write_run_info(model_dir, run_info)
 
     row = {
         "run_id": run_id, "finished_at": datetime.now(UTC).isoformat(timespec="seconds"), "name": config.name,

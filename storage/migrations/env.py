@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from storage.schema import metadata
+from storage.tables import metadata
 
 config = context.config
 

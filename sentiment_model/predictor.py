@@ -1,4 +1,7 @@
-"""The one predictor: the worker, the batch CLI and the dashboard all label text through it.
+"""The one predictor: every path that labels text goes through it, built the same way (``predictor_from_settings``).
+
+The worker, ``sentiment classify``, the dashboard, ``sentiment evaluate``, distillation's teachers, the
+promotion gate and shadow runs all load a model here from its own artifact plus ``ModelSettings``.
 
 Serving paths (chosen by ``ModelSettings``, reported in one log line at start-up):
 
@@ -18,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import json
 import logging
 import os
 import sys
@@ -29,9 +31,10 @@ from pathlib import Path
 
 import torch
 
-from storage.registry import ModelRef
-from storage.schema import LABELS
-from stream.settings import ModelSettings, Settings
+from sentiment_model.artifact import RunInfo, model_version, require_model_dir
+from sentiment_model.cleaning import clean_text
+from sentiment_model.labels import LABELS, label_columns
+from sentiment_model.settings import ModelSettings
 
 
 def _without_sklearn_in_transformers() -> None:
@@ -51,19 +54,10 @@ def _without_sklearn_in_transformers() -> None:
 _without_sklearn_in_transformers()
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
-# Models trained with `pooling: mean` (training/heads.py, torch + transformers only) load through the Auto
-# classes once that module has registered them; without the training package the other models still load.
-with contextlib.suppress(ImportError):
-    import training.heads  # noqa: F401
+# Registers the `pooling: mean` head with the Auto classes, so such models load like any other.
+import sentiment_model.heads  # noqa: E402, F401
 
 log = logging.getLogger(__name__)
-
-# Label names a checkpoint may carry, mapped to ours (ids beat names only when names are generic).
-_ALIASES = {
-    "negative": "negative", "neg": "negative", "bad": "negative", "-1": "negative",
-    "neutral": "neutral", "neu": "neutral", "0": "neutral",
-    "positive": "positive", "pos": "positive", "good": "positive", "1": "positive",
-}
 
 
 @dataclass(frozen=True)
@@ -79,32 +73,6 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def label_order(id2label: dict[int, str]) -> list[str]:
-    """Our label for each output of the model, from its config's id2label."""
-    names = [str(id2label[i]).lower() for i in range(len(id2label))]
-    if len(names) != 3:
-        raise ValueError(f"the model has {len(names)} outputs; a 3-class sentiment model is needed")
-    if all(n.startswith("label_") for n in names):  # untitled heads: assume the TweetEval order
-        return list(LABELS)
-    mapped = [_ALIASES.get(n) for n in names]
-    if None in mapped or len(set(mapped)) != 3:
-        raise ValueError(f"cannot map the model's labels {names} to {list(LABELS)}; set id2label in config.json")
-    return mapped  # type: ignore[return-value]
-
-
-def model_version(model_dir: Path) -> str:
-    """The version a row records: the training run id if the model came from one, else the dir name."""
-    run_file = model_dir / "training_run.json"
-    if run_file.exists():
-        try:
-            run_id = json.loads(run_file.read_text()).get("run_id")
-            if run_id:
-                return str(run_id)
-        except (OSError, ValueError):
-            log.warning("unreadable %s; using the directory name as model version", run_file)
-    return model_dir.resolve().name
-
-
 def cores_given() -> int:
     """CPUs this process may run on (its affinity mask), not the machine's total."""
     try:
@@ -118,22 +86,8 @@ def training_cleaner(model_dir: Path) -> Callable[[str], str] | None:
 
     Serving must see text as training did (e.g. @mentions -> @user, links -> http), or accuracy drops.
     """
-    info = model_dir / "training_run.json"
-    try:
-        clean = json.loads(info.read_text()).get("config", {}).get("data", {}).get("clean") if info.exists() else None
-    except (OSError, ValueError):
-        return None
-    if not clean:
-        return None
-    try:
-        from training.config import CleaningConfig
-        from training.data import clean_text
-    except ImportError:
-        log.warning("%s was trained with text cleaning %s but the training package is not installed; "
-                    "serving uncleaned text", model_dir, clean)
-        return None
-    cfg = CleaningConfig.model_validate(clean)
-    return lambda text: clean_text(text, cfg)
+    cfg = RunInfo.read(model_dir).cleaning
+    return None if cfg is None else (lambda text: clean_text(text, cfg))
 
 
 def release_memory() -> None:
@@ -147,38 +101,10 @@ def release_memory() -> None:
 
 
 def predictor_from_settings(model: ModelSettings, model_dir: Path, version: str | None = None) -> Predictor:
-    """A predictor configured by ``SENTIMENT_MODEL__*`` (device, threads, serving path, batch sizes)."""
+    """The one way to build a predictor: the model's own artifact plus ``SENTIMENT_MODEL__*`` settings."""
     return Predictor(model_dir, device=model.device, max_length=model.max_length, batch_size=model.batch_size,
                      threads=model.threads, version=version or model.version, quantize=model.quantize,
                      precision=model.precision, cuda_batch_size=model.cuda_batch_size)
-
-
-def resolve_model_dir(settings: Settings) -> Path:
-    """The configured model, else the one `make demo` / the registry put at ``models_dir/current``."""
-    if settings.model.dir is not None:
-        return settings.model.dir
-    current = settings.models_dir / "current"
-    if (current / "config.json").exists():
-        return current
-    raise FileNotFoundError(
-        f"no model configured and none at {current}: run `make demo` (trains a small one), or "
-        "`sentiment train configs/baseline.yaml`, or set SENTIMENT_MODEL__DIR to a Hugging Face model dir"
-    )
-
-
-def serving_model(settings: Settings, production: Callable[[], ModelRef | None]) -> tuple[ModelRef, str]:
-    """The one rule for which model a worker serves, and where it came from (pinned, registry or current).
-
-    The pinned ``SENTIMENT_MODEL__DIR``, else the registry's production version (``production()``, None
-    when there is none), else ``models_dir/current``. The worker and ``sentiment status`` both ask here.
-    """
-    if settings.model.dir is None:
-        ref = production()
-        if ref is not None:
-            return ref, "registry"
-    model_dir = resolve_model_dir(settings)
-    return (ModelRef(settings.model.version or model_version(model_dir), model_dir),
-            "current" if settings.model.dir is None else "pinned")
 
 
 class Predictor:
@@ -200,12 +126,8 @@ class Predictor:
         precision: str = "auto",
         cuda_batch_size: int | None = None,
     ) -> None:
-        self.model_dir = Path(model_dir)
-        if not (self.model_dir / "config.json").exists():
-            raise FileNotFoundError(
-                f"no model at {self.model_dir} (config.json missing): train one with `sentiment train "
-                "configs/baseline.yaml`, run `make demo`, or set SENTIMENT_MODEL__DIR"
-            )
+        self.model_dir = require_model_dir(model_dir, "train one with `sentiment train configs/baseline.yaml`, "
+                                           "run `make demo`, or set SENTIMENT_MODEL__DIR")
         self.device = resolve_device(device)
         if self.device.type == "cpu":
             torch.set_num_threads(threads or cores_given())
@@ -216,7 +138,7 @@ class Predictor:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.model = AutoModelForSequenceClassification.from_pretrained(self.model_dir)
         self.model.to(self.device).eval()
-        self.labels = label_order(self.model.config.id2label)
+        self.columns = label_columns(self.model.config.id2label)  # the model's output for each of LABELS
         self.amp_dtype: torch.dtype | None = None
         if self.device.type == "cuda":
             if quantize != "none":
@@ -249,26 +171,26 @@ class Predictor:
         return dict(enc)
 
     @torch.inference_mode()
-    def predict_probs(self, texts: Sequence[str]) -> torch.Tensor:
-        """Class probabilities in the model's output order, one row per text, in input order."""
+    def predict_logits(self, texts: Sequence[str]) -> torch.Tensor:
+        """Logits, one row per text in input order, columns in ``LABELS`` order (the one inference loop)."""
         if self.clean is not None:
             texts = [self.clean(t) for t in texts]
-        out = torch.empty((len(texts), len(self.labels)), dtype=torch.float32)
+        out = torch.empty((len(texts), len(LABELS)), dtype=torch.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         chunks = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
         if not chunks:
             return out
         if self.device.type != "cuda":
             for idx in chunks:
-                out[idx] = torch.softmax(self.model(**self._encode(texts, idx)).logits.float(), dim=-1)
+                out[idx] = self.model(**self._encode(texts, idx)).logits.float()[:, self.columns]
             return out
         autocast = (torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext())
         enc = self._encode(texts, chunks[0])
         for k, idx in enumerate(chunks):
             with autocast:
-                probs = torch.softmax(self.model(**enc).logits.float(), dim=-1)
-            host = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True)
-            host.copy_(probs, non_blocking=True)
+                logits = self.model(**enc).logits.float()[:, self.columns]
+            host = torch.empty(logits.shape, dtype=logits.dtype, pin_memory=True)
+            host.copy_(logits, non_blocking=True)
             done = torch.cuda.Event()
             done.record()
             if k + 1 < len(chunks):  # the GPU works on chunk k while the CPU tokenises chunk k + 1
@@ -277,13 +199,16 @@ class Predictor:
             out[idx] = host
         return out
 
+    def predict_probs(self, texts: Sequence[str]) -> torch.Tensor:
+        """Class probabilities, one row per text in input order, columns in ``LABELS`` order."""
+        return torch.softmax(self.predict_logits(texts), dim=-1)
+
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         if not texts:
             return []
-        probs = self.predict_probs(texts)
         results = []
-        for row in probs.tolist():
-            by_label = dict(zip(self.labels, row, strict=True))
+        for row in self.predict_probs(texts).tolist():
+            by_label = dict(zip(LABELS, row, strict=True))
             best = max(by_label, key=by_label.__getitem__)
-            results.append(Prediction(best, by_label[best], {k: by_label[k] for k in LABELS}))
+            results.append(Prediction(best, by_label[best], by_label))
         return results

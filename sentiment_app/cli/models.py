@@ -3,12 +3,15 @@
 The registry lives in Postgres (``storage.registry``); artifacts are copied into the model store
 (``SENTIMENT_REGISTRY__STORE_DIR``, default ``models/store``). Running workers follow the production
 version on their own, within ``SENTIMENT_WORKER__RELOAD_INTERVAL_S`` (5 s) plus the model's load time.
-Promote and rollback also re-point the ``models/current`` link, so ``classify`` and the dashboard
-serve the same model as the workers.
+Publish, promote and rollback go through ``sentiment_app.lifecycle.promotion`` (the gate scores with the
+serving predictor; promote and rollback also re-point the ``models/current`` link atomically).
+Errors a user can fix propagate as ``UserError``: the root CLI prints one line and exits 2.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sentiment_model.errors import UserError
 from stream.settings import Settings, get_settings
 
 app = typer.Typer(help="Publish, promote and roll back model versions (the model registry).",
@@ -31,30 +35,16 @@ def _engine(settings: Settings):
     return get_engine(settings.postgres.url.get_secret_value())
 
 
-def _fail(err: Exception) -> None:
-    console.print(f"error: {err}", style="red", markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)
-
-
-def _registry_errors():
+@contextmanager
+def registry_tables() -> Iterator[None]:
+    """A missing registry table means the schema is older than the registry: say which command fixes it."""
     from sqlalchemy import exc as sa_exc
 
-    from storage.registry import RegistryError
-
-    return RegistryError, FileNotFoundError, sa_exc.ProgrammingError
-
-
-def _point_current(settings: Settings, artifact_dir: Path) -> None:
-    """Re-point ``models_dir/current`` at the production artifact (a link only: a real directory is left alone)."""
-    current = settings.models_dir / "current"
-    if current.exists() and not current.is_symlink():
-        console.print(f"note: {current} is a directory, not a link; left as it is")
-        return
-    current.parent.mkdir(parents=True, exist_ok=True)
-    tmp = current.with_name(".current.tmp")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(artifact_dir.resolve(), target_is_directory=True)
-    tmp.replace(current)  # atomic swap of the link
+    try:
+        yield
+    except sa_exc.ProgrammingError as e:
+        raise UserError(f"{str(e.orig).splitlines()[0] if e.orig else e}; has `sentiment init` run since the "
+                        "registry was added?") from None
 
 
 def _fmt(score: float | None) -> str:
@@ -74,10 +64,8 @@ def list_(
 
     s = get_settings()
     engine = _engine(s)
-    try:
+    with registry_tables():
         versions = registry.list_versions(engine, metric=metric)
-    except _registry_errors() as e:
-        _fail(RuntimeError(f"{e}; has `sentiment init` run since the registry was added?"))
     table = Table(title=f"model versions (store: {s.model_store()})")
     for col in ("version", "stage", "eval set", metric, "created (UTC)", "promoted (UTC)"):
         table.add_column(col, no_wrap=col != "version")
@@ -112,16 +100,14 @@ def publish(
 
     Example: sentiment models publish runs/20261129-031402-tweeteval-baseline --eval-set tweeteval-test
     """
-    from storage import registry
+    from sentiment_app.lifecycle import promotion
 
     s = get_settings()
     engine = _engine(s)
     eval_set = eval_set or s.registry.eval_set
     console.print(f"publishing {run_dir} (scoring on {eval_set})")
-    try:
-        v = registry.publish(engine, run_dir, s.model_store(), eval_set, version)
-    except _registry_errors() as e:
-        _fail(e)
+    with registry_tables():
+        v = promotion.publish(s, engine, run_dir, eval_set, version)
     console.print(f"published {v.version} as a candidate: macro_f1 {_fmt(v.score)} on {v.eval_set}; "
                   f"artifact {v.artifact_dir}")
     console.print(f"next: sentiment models promote {v.version}")
@@ -143,22 +129,18 @@ def promote(
 
     Example: sentiment models promote 20261129-031402-tweeteval-baseline --margin 0.005
     """
-    from storage import registry
+    from sentiment_app.lifecycle import promotion
 
     s = get_settings()
     engine = _engine(s)
-    try:
-        d = registry.promote(engine, version, eval_set=eval_set, metric=metric or s.registry.metric,
-                             margin=s.registry.margin if margin is None else margin, force=force)
-    except _registry_errors() as e:
-        _fail(e)
+    with registry_tables():
+        d = promotion.promote(s, engine, version, eval_set=eval_set, metric=metric, margin=margin, force=force)
     scores = (f"{d.metric} on {d.eval_set}: candidate {_fmt(d.candidate_score)}, "
               f"production ({d.production_before or 'none'}) {_fmt(d.production_score)}")
     if not d.promoted:
         console.print(f"rejected: {d.reason}. {scores}. Production stays {d.production_before}. "
                       "Use --force to override, or --margin to allow a small drop.")
         raise typer.Exit(code=1)
-    _point_current(s, registry.get_version(engine, version).artifact_dir)
     console.print(f"promoted {version} ({d.reason}). {scores}. Workers switch within "
                   f"{s.worker.reload_interval_s:g}s plus the load time.")
 
@@ -169,15 +151,12 @@ def rollback() -> None:
 
     Example: sentiment models rollback
     """
-    from storage import registry
+    from sentiment_app.lifecycle import promotion
 
     s = get_settings()
     engine = _engine(s)
-    try:
-        d = registry.rollback(engine)
-    except _registry_errors() as e:
-        _fail(e)
-    _point_current(s, registry.get_version(engine, d.candidate).artifact_dir)
+    with registry_tables():
+        d = promotion.rollback(s, engine)
     console.print(f"rolled back: {d.production_before} archived, {d.candidate} is production again")
 
 
@@ -208,10 +187,10 @@ def shadow(
 
     s = get_settings()
     engine = _engine(s)
-    try:
+    if stop and version is not None:
+        raise UserError("--stop takes no version: it stops the active shadow run")
+    with registry_tables():
         if stop:
-            if version is not None:
-                _fail(ValueError("--stop takes no version: it stops the active shadow run"))
             old = shadow_store.stop(engine)
             console.print(f"stopped shadowing {old.candidate} (deployment {old.id})" if old
                           else "no shadow run was active")
@@ -223,8 +202,6 @@ def shadow(
                           else "no shadow run is active; `sentiment models shadow VERSION --share 0.2` starts one")
             return
         dep, old = shadow_store.start(engine, version, share)
-    except _registry_errors() as e:
-        _fail(e)
     if old is not None:
         console.print(f"stopped shadowing {old.candidate} (deployment {old.id})")
     console.print(f"shadowing {dep.candidate} on {dep.share:.0%} of reviews (deployment {dep.id}); workers start "
@@ -245,22 +222,20 @@ def compare(
 
     Example: sentiment models compare 20261129-031402-tweeteval-baseline
     """
+    from sentiment_model.labels import LABELS
     from storage import registry
     from storage import shadow as shadow_store
-    from storage.schema import LABELS
 
     s = get_settings()
     engine = _engine(s)
-    try:
+    with registry_tables():
         version = version or shadow_store.default_candidate(engine)
         if version is None:
-            _fail(RuntimeError("no shadow run yet: `sentiment models shadow VERSION --share 0.2` starts one"))
+            raise UserError("no shadow run yet: `sentiment models shadow VERSION --share 0.2` starts one")
         registry.get_version(engine, version)
         c = shadow_store.compare(engine, version)
         deps = shadow_store.deployments(engine, version)
         prod = registry.production(engine)
-    except _registry_errors() as e:
-        _fail(e)
     versions = sorted(c.production_versions.items(), key=lambda kv: -kv[1])
     against = ", ".join(f"{v} ({n} reviews)" for v, n in versions) or (prod.version if prod else "-")
     console.print(f"shadow evaluation of {version} against production {against}")

@@ -10,11 +10,11 @@ import streamlit as st
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import ProgrammingError
 
+from sentiment_app.dashboard.ui import engine, load_settings, reaching, show_unavailable
+from sentiment_model.labels import LABELS
 from storage.feedback import FeedbackError, add_correction, default_author
 from storage.reviews import count_by_label, latest_reviews
-from storage.schema import LABELS
 from storage.schema import review_sentiment as t
-from stream.dashboard.ui import engine, load_settings, reaching, show_unavailable
 from stream.services import ServiceUnavailable
 
 COLUMNS = ["created_at", "source", "label", "corrected_label", "score", "model_version", "text", "review_id"]

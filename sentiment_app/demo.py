@@ -1,7 +1,8 @@
 """`make demo`: the main job end to end on the local stack, narrated.
 
-Makes sure a model exists (the registered one at ``models_dir/current``; else it fine-tunes the
-offline MiniLM encoder briefly on the project's own labelled sample), starts a worker, streams the
+Makes sure a model serves (the one ``stream.serving.serving_model`` picks; else it fine-tunes the
+offline MiniLM encoder briefly on the project's own labelled sample, publishes it to the registry and
+promotes it, so `sentiment models list` shows what `sentiment status` serves), starts a worker, streams the
 sample reviews in (with a few broken records, as any producer might send), and prints what landed
 in Postgres, in Redis and in the dead-letter topic.
 """
@@ -33,23 +34,34 @@ console = Console()
 
 
 def ensure_model(settings: Settings) -> Path:
-    """The configured or registered model; else train the demo model and register it as current."""
-    from stream.predictor import resolve_model_dir
+    """The model that serves; else train the demo model, publish and promote it (``current`` follows)."""
+    from sentiment_model.errors import ModelNotFoundError
+    from stream.serving import serving_model
 
     try:
-        return resolve_model_dir(settings)
-    except FileNotFoundError:
+        return serving_model(settings)[0].artifact_dir
+    except ModelNotFoundError:
         pass
+    from sentiment_app.lifecycle import promotion
+    from sentiment_app.lifecycle.eval_sets import eval_spec
+    from storage.registry import RegistryError
     from training.config import load_config
     from training.train import run_experiment
 
     console.rule("no model yet: fine-tuning the offline MiniLM encoder on the project's sample (a few minutes)")
     result = run_experiment(load_config(DEMO_CONFIG), settings.models_dir / "runs")
-    current = settings.models_dir / "current"
-    current.unlink(missing_ok=True)
-    current.symlink_to(Path(result.model_dir).resolve(), target_is_directory=True)
-    console.print(f"model trained: test macro-F1 {result.test.get('macro_f1', float('nan')):.3f} -> {current}")
-    return current
+    console.print(f"model trained: test macro-F1 {result.test.get('macro_f1', float('nan')):.3f}")
+    try:
+        eval_set = settings.registry.eval_set
+        eval_spec(eval_set)
+    except RegistryError:
+        eval_set = "sample"  # the configured set's data is not on this machine
+    engine = get_engine(settings.postgres.url.get_secret_value())
+    version = promotion.publish(settings, engine, result.run_dir, eval_set)
+    decision = promotion.promote(settings, engine, version.version, force=True)
+    console.print(f"registered {version.version} (macro-F1 {version.score:.3f} on {eval_set}) and promoted it: "
+                  f"{decision.reason}; {settings.models_dir / 'current'} points at it")
+    return version.artifact_dir
 
 
 def _stream_sample(settings: Settings, tag: str) -> tuple[list[str], int]:
@@ -86,7 +98,7 @@ def run_demo(settings: Settings, timeout_s: float = 300) -> None:
     log_path = REPO / ".stack" / "logs" / "demo-worker.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **settings.to_env(), "SENTIMENT_MODEL__DIR": str(model_dir)}
-    worker = subprocess.Popen([sys.executable, "-m", "stream", "worker"], cwd=Path.cwd(), env=env,
+    worker = subprocess.Popen([sys.executable, "-m", "sentiment_app", "worker"], cwd=Path.cwd(), env=env,
                               stdout=log_path.open("ab"), stderr=subprocess.STDOUT)
     try:
         tag = time.strftime("%H%M%S")

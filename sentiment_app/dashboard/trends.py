@@ -11,9 +11,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from storage.schema import LABELS
+from sentiment_app.dashboard.ui import COLORS, counters, load_settings, reaching, show_unavailable
+from sentiment_model.labels import LABELS
 from storage.trends import HOUR, MINUTE, TrendBucket
-from stream.dashboard.ui import COLORS, counters, load_settings, reaching, show_unavailable
 from stream.services import ServiceUnavailable
 from stream.settings import Settings
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ import streamlit as st
 from sqlalchemy import Engine
 from sqlalchemy.exc import ProgrammingError
 
-from stream.dashboard.ui import engine, load_settings, reaching, show_unavailable
+from sentiment_app.dashboard.ui import engine, load_settings, reaching, show_unavailable
 from stream.services import ServiceUnavailable
 from stream.settings import Settings
 
@@ -60,7 +59,7 @@ def confusion_matrices(runs_root: Path, frame: pd.DataFrame) -> dict[str, Path]:
 
 @dataclass(frozen=True)
 class CurrentModel:
-    how: str  # why this one: the variable, or the `current` link
+    how: str  # why this one: the registry, the variable, or the `current` link
     path: Path | None  # None: no model
     target: Path | None  # where it really lives (links resolved)
     version: str | None
@@ -68,27 +67,27 @@ class CurrentModel:
 
 
 def current_model(settings: Settings) -> CurrentModel:
-    """The model the worker and dashboard load, found the way ``stream.predictor.resolve_model_dir`` finds it."""
-    if settings.model.dir is not None:
-        path, how = settings.model.dir, "SENTIMENT_MODEL__DIR"
-    else:
-        path, how = settings.models_dir / "current", f"the `{settings.models_dir / 'current'}` link"
-    if not (path / "config.json").exists():
-        return CurrentModel(how, None, None, None, None)
-    from stream.predictor import model_version
+    """The model the workers, `classify` and this dashboard serve: ``stream.serving.serving_model``'s answer."""
+    from sentiment_model.artifact import RunInfo
+    from sentiment_model.errors import ModelNotFoundError
+    from stream.serving import serving_model
 
-    run_file = path / "training_run.json"
     try:
-        run = json.loads(run_file.read_text()) if run_file.exists() else None
-    except (OSError, ValueError):
-        run = None
-    return CurrentModel(how, path, path.resolve(), settings.model.version or model_version(path), run)
+        ref, source = serving_model(settings)
+    except ModelNotFoundError:
+        return CurrentModel(f"the `{settings.models_dir / 'current'}` link", None, None, None, None)
+    how = {"registry": "the model registry (production)", "pinned": "SENTIMENT_MODEL__DIR",
+           "current": f"the `{settings.models_dir / 'current'}` link"}[source]
+    return CurrentModel(how, ref.artifact_dir, ref.artifact_dir.resolve(), ref.version,
+                        RunInfo.read(ref.artifact_dir).raw or None)
 
 
 def local_models(models_dir: Path) -> pd.DataFrame:
-    """Model directories under ``models_dir`` (anything with a config.json), the `current` link included."""
+    """Model directories under ``models_dir``, the `current` link included."""
+    from sentiment_model.artifact import is_model_dir
+
     rows = [{"name": p.name, "path": str(p.resolve()), "link": p.is_symlink()}
-            for p in sorted(models_dir.glob("*")) if (p / "config.json").exists()]
+            for p in sorted(models_dir.glob("*")) if is_model_dir(p)]
     return pd.DataFrame(rows, columns=["name", "path", "link"])
 
 
@@ -126,8 +125,8 @@ def _models(settings: Settings) -> None:
     st.subheader("Models")
     current = current_model(settings)
     if current.path is None:
-        st.warning(f"No model configured: {current.how} has no config.json. Run `make demo`, train one with "
-                   "`sentiment train configs/baseline.yaml`, or set SENTIMENT_MODEL__DIR.")
+        st.warning(f"No model configured: no production version and {current.how} has no model. Run `make demo`, "
+                   "train one with `sentiment train configs/baseline.yaml`, or set SENTIMENT_MODEL__DIR.")
     else:
         st.markdown(f"**Current model:** `{current.version}` — chosen by {current.how}: `{current.path}`"
                     + (f" → `{current.target}`" if current.target != current.path else ""))

@@ -1,4 +1,4 @@
-"""Offline labelling of a CSV with the worker's predictor (the `classify` command and the dashboard)."""
+"""Offline labelling of a CSV with the model the workers serve (the `classify` command and the dashboard)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,18 @@ import csv
 from collections.abc import Callable
 from pathlib import Path
 
-from stream.predictor import Predictor, predictor_from_settings, resolve_model_dir
+from sentiment_model.errors import UserError
+from sentiment_model.predictor import Predictor, predictor_from_settings
+from stream.serving import serving_model
 from stream.settings import Settings
 
 
 def load_predictor(settings: Settings, model_dir: Path | None = None) -> Predictor:
-    return predictor_from_settings(settings.model, model_dir or resolve_model_dir(settings))
+    """``model_dir``'s model, else the one the workers serve (``stream.serving.serving_model``)."""
+    if model_dir is not None:
+        return predictor_from_settings(settings.model, model_dir)
+    ref, _ = serving_model(settings)
+    return predictor_from_settings(settings.model, ref.artifact_dir, ref.version)
 
 
 def classify_csv(predictor: Predictor, src: Path, dst: Path, text_col: str = "text", chunk: int = 256,
@@ -20,7 +26,7 @@ def classify_csv(predictor: Predictor, src: Path, dst: Path, text_col: str = "te
     with src.open(encoding="utf-8", newline="") as fin, dst.open("w", encoding="utf-8", newline="") as fout:
         reader = csv.DictReader(fin)
         if reader.fieldnames is None or text_col not in reader.fieldnames:
-            raise ValueError(f"{src} has no column {text_col!r}; columns: {reader.fieldnames}")
+            raise UserError(f"{src} has no column {text_col!r}; columns: {reader.fieldnames}")
         extra = ["label", "score", "p_negative", "p_neutral", "p_positive"]
         writer = csv.DictWriter(fout, fieldnames=[*reader.fieldnames, *extra])
         writer.writeheader()

@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import streamlit as st
 
-from storage.schema import LABELS
-from stream.dashboard.ui import load_settings
+from sentiment_app.dashboard.ui import load_settings
+from sentiment_model.errors import UserError
+from sentiment_model.labels import LABELS
 from stream.settings import Settings
 
 if TYPE_CHECKING:
-    from stream.predictor import Predictor
+    from sentiment_model.predictor import Predictor
+    from storage.registry import ModelRef
 
 CHUNK = 128  # rows per predict call: the progress bar moves at least every chunk
 
@@ -57,9 +59,9 @@ def count_rows(data: bytes) -> int:
 
 def classify_upload(predictor: Predictor, name: str, data: bytes, text_col: str = "text",
                     on_progress: Callable[[int], None] | None = None, chunk: int = CHUNK) -> CsvResult:
-    """Label an uploaded CSV with ``stream.batch.classify_csv`` (the `sentiment classify --csv` code path),
+    """Label an uploaded CSV with ``csv_labelling.classify_csv`` (the `sentiment classify --csv` code path),
     timing the labelling alone so the page can report rows per minute."""
-    from stream.batch import classify_csv
+    from sentiment_app.csv_labelling import classify_csv
 
     with tempfile.TemporaryDirectory(prefix="dashboard-csv-") as tmp:
         src, dst = Path(tmp) / "in.csv", Path(tmp) / "out.csv"
@@ -71,19 +73,20 @@ def classify_upload(predictor: Predictor, name: str, data: bytes, text_col: str 
 
 
 @st.cache_resource(show_spinner="Loading the model (once per server) ...", max_entries=2)
-def _predictor(key: str, _settings: Settings) -> Predictor:
-    from stream.batch import load_predictor
+def _predictor(key: str, _settings: Settings, _ref: ModelRef) -> Predictor:
+    from sentiment_model.predictor import predictor_from_settings
 
-    return load_predictor(_settings)
+    return predictor_from_settings(_settings.model, _ref.artifact_dir, _ref.version)
 
 
 def predictor(settings: Settings) -> Predictor:
-    """The configured model, loaded once and shared by all sessions; a re-pointed ``current`` link or other
-    model settings load the new one."""
-    from stream.predictor import resolve_model_dir
+    """The model the workers serve (``serving_model``), loaded once and shared by all sessions; a promotion,
+    a rollback, a re-pointed ``current`` link or other model settings load the new one."""
+    from stream.serving import serving_model
 
-    key = f"{resolve_model_dir(settings).resolve()}|{settings.model.model_dump_json()}"
-    return _predictor(key, settings)
+    ref, _ = serving_model(settings)
+    key = f"{ref.version}|{ref.artifact_dir.resolve()}|{settings.model.model_dump_json()}"
+    return _predictor(key, settings, ref)
 
 
 def _one_text(model: Predictor) -> None:
@@ -138,7 +141,7 @@ def render() -> None:
     settings = load_settings()
     try:
         model = predictor(settings)
-    except (FileNotFoundError, OSError, ValueError) as e:
+    except (UserError, OSError, ValueError) as e:  # OSError/ValueError: unreadable weights or tokenizer
         st.error(f"No usable model: {e}", icon=":material/error:")
         return
     st.caption(f"Model `{model.version}` from `{model.model_dir}` on {model.device} — the worker's predictor.")

@@ -10,7 +10,8 @@ One refresh, start to finish (each step's output is in the refresh's run directo
 3. A candidate trained with the training package (``run_experiment``), published to the registry.
 4. The candidate and the production model scored on the same fixed evaluation sets (the configured ones
    plus the feedback hold-out, named by its content hash so a changed slice is a new set).
-5. Promotion through the registry's gate (``storage.registry.promote``): recorded whether or not it passes.
+5. Promotion through the gate (``sentiment_app.lifecycle.promotion``): recorded whether or not it passes;
+   a promotion points ``models_dir/current`` at the new model, as ``sentiment models promote`` does.
 6. ``report.md``: what data went in, both models' scores, the decision.
 """
 
@@ -28,11 +29,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Engine
 
+from sentiment_app.lifecycle import promotion
+from sentiment_app.lifecycle.eval_sets import evaluator
+from sentiment_model.cleaning import clean_text
+from sentiment_model.labels import LABEL_TO_ID, LABELS
 from storage import registry
 from storage.feedback import CorrectedReview, corrected_reviews
+from storage.registry import Evaluator
 from storage.sampling import in_sample
-from training.config import LABELS, ConfigError, ExperimentConfig, format_validation_error, load_config, read_yaml
-from training.data import LABEL_TO_ID, LabelledData, Split, clean_text, dedup_key, load_dataset
+from stream.settings import Settings
+from training.config import ConfigError, ExperimentConfig, format_validation_error, load_config, read_yaml
+from training.data import LabelledData, Split, dedup_key, load_dataset
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +185,17 @@ class RefreshResult:
     report: Path | None = None
 
 
-def run_refresh(config: RefreshConfig, engine: Engine, store_dir: Path, default_eval_set: str,
-                run_id: str | None = None) -> RefreshResult:
-    """Train, publish, score and gate one candidate; returns what happened (also in ``report.md``)."""
+def run_refresh(config: RefreshConfig, settings: Settings, engine: Engine, run_id: str | None = None,
+                evaluate: Evaluator | None = None) -> RefreshResult:
+    """Train, publish, score and gate one candidate; returns what happened (also in ``report.md``).
+
+    ``settings``: the model store, the default gate set, the serving settings the evaluator uses and the
+    ``models_dir`` whose ``current`` link follows a promotion. ``evaluate``: default ``eval_sets.evaluator``.
+    """
     from training.train import run_experiment
+
+    evaluate = evaluate or evaluator(settings.model)
+    store_dir = settings.model_store()
 
     started = datetime.now(UTC)
     experiment = load_config(config.experiment, config.overrides)
@@ -192,11 +206,11 @@ def run_refresh(config: RefreshConfig, engine: Engine, store_dir: Path, default_
     write_rows(result.run_dir / "feedback_train.csv", merged.train_feedback)
     write_rows(result.run_dir / "feedback_holdout.csv", merged.holdout)
 
-    gate_set = config.gate.eval_set or default_eval_set
+    gate_set = config.gate.eval_set or settings.registry.eval_set
     holdout_set = holdout_eval_set(merged.holdout, store_dir)
     eval_sets = list(dict.fromkeys([gate_set, *config.eval_sets, *([holdout_set] if holdout_set else [])]))
     production = registry.production(engine)
-    candidate = registry.publish(engine, result.run_dir, store_dir, gate_set)
+    candidate = promotion.publish(settings, engine, result.run_dir, gate_set, evaluate=evaluate)
     scores: dict[str, dict[str, dict[str, Any] | None]] = {}
     for eval_set in eval_sets:
         scores[eval_set] = {}
@@ -204,13 +218,13 @@ def run_refresh(config: RefreshConfig, engine: Engine, store_dir: Path, default_
             if ref is None:
                 continue
             try:
-                registry.score(engine, ref, eval_set, config.gate.metric)
+                registry.score(engine, ref, eval_set, config.gate.metric, evaluate)
                 scores[eval_set][ref.version] = registry.evaluation(engine, ref.version, eval_set)
             except registry.RegistryError as e:
                 log.warning("cannot score %s on %s: %s", ref.version, eval_set, e)
                 scores[eval_set][ref.version] = None
-    decision = registry.promote(engine, candidate.version, eval_set=gate_set, metric=config.gate.metric,
-                                margin=config.gate.margin)
+    decision = promotion.promote(settings, engine, candidate.version, eval_set=gate_set, metric=config.gate.metric,
+                                 margin=config.gate.margin, evaluate=evaluate)
     out = RefreshResult(result.run_dir, candidate.version, decision.production_before, decision.promoted,
                         decision.reason, gate_set, config.gate.metric, merged.counts, scores)
     out.report = write_report(out, config, merged, started)

@@ -1,0 +1,3 @@
+from sentiment_app.cli import main
+
+main()

@@ -1,0 +1,26 @@
+"""The `sentiment` command: every command of the project under one root.
+
+Heavy imports (torch, faust) happen inside the commands that need them. The command modules register
+on ``root.app``; the training commands (``training.cli``) and ``sentiment models`` are mounted here.
+A ``UserError`` (or an unreachable service) becomes one line on stderr and exit code 2 (``root``);
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sentiment_app.cli import data, lifecycle, stack  # noqa: F401  (their commands register on app)
+from sentiment_app.cli.models import app as models_app
+from sentiment_app.cli.root import app
+from training.cli import app as training_app
+
+for command in training_app.registered_commands:  # sentiment train | sweep | evaluate | experiments
+    app.registered_commands.append(command)
+app.add_typer(models_app, name="models")  # sentiment models list | publish | promote | rollback | shadow | compare
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.ERROR)  # its retries are reported by us, once
+    app()

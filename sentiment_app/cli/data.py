@@ -1,0 +1,186 @@
+"""Read and label data: `sentiment trends | dlq | sql | reviews | feedback | classify`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from sentiment_app.cli.root import app, console
+from stream.settings import get_settings
+
+
+@app.command()
+def trends(
+    minutes: Annotated[int | None, typer.Option(help="show the last N minutes")] = None,
+    hours: Annotated[int | None, typer.Option(help="show the last N hours")] = None,
+    source: Annotated[str | None, typer.Option(help="only this source")] = None,
+) -> None:
+    """Print the sentiment-trend counters from Redis, one row per bucket (default: last 15 minutes).
+
+    Example: sentiment trends --hours 24 --source appstore
+    """
+    from storage.trends import HOUR, MINUTE
+    from stream.services import check_redis, trend_counters
+
+    s = get_settings()
+    check_redis(s)
+    resolution, n = (HOUR, hours) if hours else (MINUTE, minutes or 15)
+    buckets = trend_counters(s).read(resolution, n, source=source)
+    table = Table(title=f"sentiment per {'hour' if resolution == HOUR else 'minute'}"
+                  + (f" — {source}" if source else "") + " (UTC, by review time)")
+    for col in ("bucket", "negative", "neutral", "positive", "total", "negative %"):
+        table.add_column(col, justify="right")
+    fmt = "%Y-%m-%d %H:00" if resolution == HOUR else "%Y-%m-%d %H:%M"
+    for b in buckets:
+        table.add_row(b.start.strftime(fmt), *(str(b.counts[k]) for k in ("negative", "neutral", "positive")),
+                      str(b.total), f"{100 * b.share('negative'):.0f}" if b.total else "-")
+    console.print(table)
+
+
+@app.command()
+def dlq(
+    limit: Annotated[int, typer.Option(help="show the latest N")] = 20,
+    show_value: Annotated[bool, typer.Option(help="print the raw value (first 200 bytes)")] = False,
+) -> None:
+    """List dead-lettered events: the reason, the source position and (optionally) the raw value.
+
+    Example: sentiment dlq --limit 50 --show-value
+    """
+    from stream.dlq import read_dead_letters
+    from stream.services import check_kafka
+
+    s = get_settings()
+    check_kafka(s)
+    letters = read_dead_letters(s.kafka.dlq_topic, s.kafka.client_options(), limit=limit)
+    table = Table(title=f"dead letters in {s.kafka.dlq_topic} (latest {limit})")
+    for col in ("source position", "failed at (UTC)", "reason", "detail") + (("value",) if show_value else ()):
+        table.add_column(col, overflow="fold")
+    for d in letters:
+        when = datetime.fromtimestamp(d.failed_at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        value = (d.raw_value() or b"")[:200]
+        table.add_row(d.position, when, d.reason, d.detail, *((repr(value)[2:-1],) if show_value else ()))
+    console.print(table)
+
+
+@app.command()
+def sql(query: Annotated[str, typer.Argument(help="one SQL statement; runs read-only")],
+        max_rows: int = 100) -> None:
+    """Run a read-only SQL query against the labelled reviews (statement timeout applies).
+
+    Example: sentiment sql "SELECT * FROM sentiment_hourly_total ORDER BY hour DESC LIMIT 12"
+    """
+    from storage.db import get_engine
+    from storage.reviews import run_readonly_sql
+    from stream.services import check_postgres
+
+    s = get_settings()
+    check_postgres(s)
+    cols, rows = run_readonly_sql(get_engine(s.postgres.url.get_secret_value()), query,
+                                  s.postgres.statement_timeout_ms, max_rows)
+    table = Table()
+    for c in cols:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*("" if v is None else str(v) for v in r))
+    console.print(table)
+
+
+@app.command()
+def reviews(
+    limit: int = 20,
+    label: Annotated[str | None, typer.Option(help="negative, neutral or positive")] = None,
+    source: str | None = None,
+    search: Annotated[str | None, typer.Option(help="substring of the text (case-insensitive)")] = None,
+) -> None:
+    """Show the latest labelled reviews from Postgres.
+
+    Example: sentiment reviews --label negative --limit 10
+    """
+    from storage.db import get_engine
+    from storage.reviews import latest_reviews
+    from stream.services import check_postgres
+
+    s = get_settings()
+    check_postgres(s)
+    rows = latest_reviews(get_engine(s.postgres.url.get_secret_value()), limit, source, label, search)
+    table = Table(title="latest labelled reviews")
+    for col in ("review_id", "created_at", "source", "label", "score", "model", "corrected to", "text"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["review_id"], r["created_at"].strftime("%Y-%m-%d %H:%M"), r["source"], r["label"],
+                      f"{r['score']:.2f}", r["model_version"], r["corrected_label"] or "", r["text"][:120])
+    console.print(table)
+
+
+@app.command()
+def feedback(
+    review_id: Annotated[str | None, typer.Argument(help="the review to correct")] = None,
+    label: Annotated[str | None, typer.Argument(help="negative, neutral or positive")] = None,
+    by: Annotated[str | None, typer.Option(help="who corrects it [default: $USER]")] = None,
+    note: Annotated[str | None, typer.Option(help="why, for the next reader")] = None,
+    limit: Annotated[int, typer.Option(help="without arguments: list the latest N corrections")] = 20,
+) -> None:
+    """Correct a review's label (stored beside the model's; the next `sentiment refresh` trains on it).
+
+    Without arguments, lists the latest corrections. Plain SQL works too:
+    INSERT INTO review_feedback (review_id, label, author) VALUES ('r-1', 'negative', 'ana')
+
+    Example: sentiment feedback r-1042 negative --by ana --note "sarcasm"
+    """
+    from storage.db import get_engine
+    from storage.feedback import add_correction, corrections, default_author
+    from stream.services import check_postgres
+
+    s = get_settings()
+    check_postgres(s)
+    engine = get_engine(s.postgres.url.get_secret_value())
+    if review_id is None:
+        table = Table(title="latest label corrections")
+        for col in ("when", "review_id", "was", "now", "by", "note"):
+            table.add_column(col, overflow="fold")
+        for c in corrections(engine, limit):
+            table.add_row(c.created_at.strftime("%Y-%m-%d %H:%M"), c.review_id, c.previous_label, c.label, c.author,
+                          c.note or "")
+        console.print(table)
+        return
+    if label is None:
+        raise typer.BadParameter("give the corrected label: negative, neutral or positive")
+    c = add_correction(engine, review_id, label.strip().lower(), by or default_author(), note)
+    console.print(f"{c.review_id}: {c.previous_label} -> {c.label} (by {c.author}, correction #{c.id})")
+
+
+@app.command()
+def classify(
+    texts: Annotated[list[str] | None, typer.Argument(help="texts to label")] = None,
+    csv_in: Annotated[Path | None, typer.Option("--csv", exists=True, help="CSV to label in batches")] = None,
+    out: Annotated[Path | None, typer.Option(help="where to write the labelled CSV")] = None,
+    text_col: str = "text",
+    model_dir: Annotated[Path | None, typer.Option(help="default: the configured model")] = None,
+) -> None:
+    """Label texts or a whole CSV with the model and predictor the workers serve (no Kafka needed).
+
+    Example: sentiment classify "love it" "meh"   |   sentiment classify --csv in.csv --out labelled.csv
+    """
+    from sentiment_app.csv_labelling import classify_csv, load_predictor
+
+    predictor = load_predictor(get_settings(), model_dir)
+    console.print(f"model {predictor.version} ({predictor.model_dir})", highlight=False, soft_wrap=True)
+    if csv_in is not None:
+        target = out or csv_in.with_name(csv_in.stem + ".labelled.csv")
+        n = classify_csv(predictor, csv_in, target, text_col)
+        console.print(f"labelled {n} rows -> {target}")
+        return
+    if not texts:
+        raise typer.BadParameter("give texts or --csv FILE")
+    table = Table()
+    for col in ("label", "score", "negative", "neutral", "positive", "text"):
+        table.add_column(col)
+    for text, p in zip(texts, predictor.predict(texts), strict=True):
+        table.add_row(p.label, f"{p.score:.2f}", *(f"{p.probs[k]:.2f}" for k in ("negative", "neutral", "positive")),
+                      text)
+    console.print(table)
+

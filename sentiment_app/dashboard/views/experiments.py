@@ -1,0 +1,3 @@
+from sentiment_app.dashboard.experiments import render
+
+render()

@@ -1,0 +1,3 @@
+from sentiment_app.dashboard.reviews import render
+
+render()

@@ -1,0 +1,3 @@
+from sentiment_app.dashboard.trends import render
+
+render()

@@ -1,0 +1,39 @@
+"""How a model is served: ``SENTIMENT_MODEL__*`` (device, threads, serving path, batch sizes, max length).
+
+Part of ``stream.settings.Settings`` (``settings.model``); ``model_settings_from_env`` reads the same
+variables for processes that have no full settings (training's ``evaluate`` and distillation).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ModelSettings(BaseModel):
+    dir: Path | None = Field(None, description="Hugging Face model directory; default: the registered one")
+    version: str | None = Field(None, description="label stored with each row; default: from the model dir")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_length: int = Field(128, ge=8, le=512, description="tokens fed to the model; longer texts are cut")
+    batch_size: int = Field(8, ge=1, description="texts per forward pass (8 is fastest on CPU, see bench)")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores")
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="CPU only: int8 dynamic quantisation of the Linear layers (about 2-3x faster)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="GPU autocast dtype; auto: bf16 where supported, else fp16 (CPU stays fp32)")
+    cuda_batch_size: int = Field(256, ge=1, description="texts per forward pass on a GPU (replaces batch_size)")
+
+
+class _ModelEnv(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SENTIMENT_", env_nested_delimiter="__", env_file=".env",
+                                      extra="ignore")
+
+    model: ModelSettings = ModelSettings()
+
+
+def model_settings_from_env() -> ModelSettings:
+    """``SENTIMENT_MODEL__*`` from the environment or ``.env``, exactly as ``Settings().model`` reads them."""
+    return _ModelEnv().model

@@ -1,3 +1,0 @@
-from stream.dashboard.classify import render
-
-render()

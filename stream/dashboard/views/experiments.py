@@ -1,3 +1,0 @@
-from stream.dashboard.experiments import render
-
-render()

@@ -1,3 +1,0 @@
-from stream.dashboard.reviews import render
-
-render()

@@ -1,3 +1,0 @@
-from stream.dashboard.trends import render
-
-render()
