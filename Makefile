@@ -34,9 +34,10 @@ status:
 test: up
 	$(BIN)/pytest -q --durations=15 $(PYTEST_ARGS)
 
-# Only tests that need no service (marked `unit` by tests/conftest.py): under a minute, no `make up`.
+# Tests that need no service (`unit`, set by tests/conftest.py) and train nothing (not `slow`): under a
+# minute, no `make up` needed.
 test-fast: install
-	$(BIN)/pytest -q -m unit $(PYTEST_ARGS)
+	$(BIN)/pytest -q -m "unit and not slow" $(PYTEST_ARGS)
 
 # ruff, and the import-linter contracts in pyproject.toml (the one-way layers).
 lint: install

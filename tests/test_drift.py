@@ -73,6 +73,7 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return result.model_dir
 
 
+@pytest.mark.slow  # trains a tiny model
 def test_training_writes_the_reference_profile(trained_model: Path) -> None:
     profile = ReferenceProfile.read(trained_model)
     assert profile is not None and profile.rows == 120 and profile.source == "validation"

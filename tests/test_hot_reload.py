@@ -128,6 +128,7 @@ def _medium_model(path: Path, seed: int) -> Path:
     return path
 
 
+@pytest.mark.slow  # ten model loads
 def test_ten_swaps_keep_memory_bounded(tmp_path: Path) -> None:
     dirs = [_medium_model(tmp_path / f"m{i}", i) for i in range(2)]
     production = {"ref": ModelRef("v0", dirs[0])}

@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from storage.db import get_engine
 from stream.settings import Settings
-from tests.support import REPO, TEST_REDIS_URL, settings_env
+from tests.support import REPO, settings_env
 
 
 def test_kafka_produce_and_consume(topics: Settings) -> None:
@@ -49,8 +49,8 @@ def test_postgres_round_trip(migrated_db: str) -> None:
                                  "AND table_schema = current_schema()")).scalar() == 3
 
 
-def test_redis_round_trip() -> None:
-    client = redis.Redis.from_url(TEST_REDIS_URL)
+def test_redis_round_trip(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
     key = f"t-{uuid.uuid4().hex}"
     client.set(key, "värde", ex=30)
     assert client.get(key) == "värde".encode()

@@ -24,7 +24,8 @@ from training.modeling import encoder_layers, freeze, load_base
 from training.tiny import build_tiny_model, write_synthetic_csv
 from training.train import run_experiment
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning"),
+              pytest.mark.slow]  # trains tiny models
 
 TEXTS = [
     "the service was great and fast",

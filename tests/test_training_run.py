@@ -11,9 +11,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 from typer.testing import CliRunner
 
+from sentiment_app.cli import app  # the root CLI: it turns user errors into one line and exit code 2
 from sentiment_model.predictor import Predictor
 from tests.support import tiny_config
-from training.cli import app, experiments
+from training.cli import experiments
 from training.config import ConfigError
 from training.distill import teacher_probabilities
 from training.evaluate import DataSpec, evaluate_model
@@ -22,7 +23,7 @@ from training.tiny import build_tiny_model, write_synthetic_csv
 from training.tracker import read_runs
 from training.train import balanced_weights, build_training_args, run_experiment
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.slow]  # trains tiny models
 
 
 @pytest.fixture(scope="module")

@@ -214,10 +214,3 @@ def experiments(
         png = plot_runs(rows, plot_path or csv_path.with_suffix(".png"))
         console.print(f"plot: {png}")
 
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()
