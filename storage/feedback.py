@@ -19,6 +19,7 @@ from sqlalchemy import (
     Engine,
     ForeignKey,
     Identity,
+    Index,
     Table,
     Text,
     func,
@@ -43,6 +44,7 @@ review_feedback = Table(
     Column("note", Text),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("label IN ('negative', 'neutral', 'positive')", name="review_feedback_label_check"),
+    Index("review_feedback_review", "review_id", "id"),
 )
 
 

@@ -33,12 +33,14 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Identity,
+    Index,
     Table,
     Text,
     and_,
     func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -65,6 +67,7 @@ model_version = Table(
     Column("stage", Text, nullable=False, server_default="candidate"),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("promoted_at", DateTime(timezone=True)),
+    Index("model_version_one_production", "stage", unique=True, postgresql_where=text("stage = 'production'")),
 )
 model_evaluation = Table(
     "model_evaluation", metadata,
@@ -88,6 +91,7 @@ promotion_decision = Table(
     Column("promoted", Boolean, nullable=False),
     Column("reason", Text, nullable=False),
     Column("decided_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("promotion_decision_candidate", "candidate", "decided_at"),
 )
 
 Evaluator = Callable[[Path, str], dict[str, Any]]

@@ -14,6 +14,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    Index,
     Integer,
     MetaData,
     Table,
@@ -43,4 +44,7 @@ review_sentiment = Table(
     Column("kafka_offset", BigInteger),
     Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("label IN ('negative', 'neutral', 'positive')", name="review_sentiment_label_check"),
+    Index("review_sentiment_created_at", "created_at"),
+    Index("review_sentiment_source_created_at", "source", "created_at"),
+    Index("review_sentiment_model_version", "model_version"),
 )

@@ -29,12 +29,14 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Identity,
+    Index,
     Integer,
     Table,
     Text,
     func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -53,6 +55,9 @@ shadow_deployment = Table(
     Column("share", REAL, nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("stopped_at", DateTime(timezone=True)),
+    # At most one active shadow (all active rows would share the indexed value true).
+    Index("shadow_deployment_one_active", text("(stopped_at IS NULL)"), unique=True,
+          postgresql_where=text("stopped_at IS NULL")),
 )
 shadow_prediction = Table(
     "shadow_prediction", metadata,

@@ -13,6 +13,7 @@ from sqlalchemy import exc, update
 from typer.testing import CliRunner
 
 from sentiment_app.lifecycle import promotion
+from sentiment_model.errors import ModelNotFoundError
 from storage import registry
 from storage.db import get_engine
 from tests.registry_helpers import fake_run, fixed_scores, lifecycle_settings
@@ -38,7 +39,7 @@ def test_publish_copies_the_model_scores_it_and_lists_it(reg_url: str, uid: str,
         promotion.publish(s, engine, fake_run(tmp_path / "runs", f"{uid}-a", seed=0), "sample")
     with pytest.raises(registry.RegistryError, match="not found"):
         promotion.publish(s, engine, fake_run(tmp_path / "runs", f"{uid}-b", seed=1), "no-such-set")
-    with pytest.raises(registry.RegistryError, match="no model found"):
+    with pytest.raises(ModelNotFoundError, match="no model found"):
         promotion.publish(s, engine, tmp_path, "sample")
     assert not (store / f"{uid}-b").exists()
 
