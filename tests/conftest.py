@@ -128,6 +128,33 @@ def app_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return settings
 
 
+@pytest.fixture
+def refresh_workdir(tmp_path: Path) -> Path:
+    """A tiny base model, synthetic base data, a fixed evaluation set, an experiment and a refresh config."""
+    import yaml
+
+    from training.tiny import build_tiny_model, write_synthetic_csv
+
+    build_tiny_model(tmp_path / "base", "distilbert", n_layers=2)
+    write_synthetic_csv(tmp_path / "base.csv", 600, seed=1)
+    write_synthetic_csv(tmp_path / "eval.csv", 300, seed=2)
+    experiment = {
+        "name": "refresh-tiny", "base_model": str(tmp_path / "base"),
+        "data": {"path": str(tmp_path / "base.csv"), "split": {"validation": 0.15, "test": 0.15}},
+        "max_length": 32, "batch_size": 16, "learning_rate": 2e-3, "warmup_ratio": 0.0, "epochs": 6,
+        "eval_steps": 50, "save_top_k": 1, "num_threads": 1,
+    }
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(experiment))
+    refresh = {
+        "name": "tiny-refresh", "experiment": "experiment.yaml",
+        "feedback": {"holdout_share": 0.25},  # test_refresh.HOLDOUT_SHARE
+        "gate": {"eval_set": str(tmp_path / "eval.csv"), "metric": "macro_recall", "margin": 0.0},
+        "runs_dir": str(tmp_path / "runs"),
+    }
+    (tmp_path / "refresh.yaml").write_text(yaml.safe_dump(refresh))
+    return tmp_path
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Print the fault tests' figures (sent, stored, lost, duplicated, recovery time) in every run's log."""
     from tests.accounting import FIGURES

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import yaml
 from pydantic import SecretStr
 from sqlalchemy import select
 
@@ -24,32 +23,10 @@ from tests.registry_helpers import lifecycle_settings
 from tests.support import invoke_cli
 from training.config import ConfigError, load_config
 from training.data import dedup_key, load_dataset
-from training.tiny import build_tiny_model, synthetic_rows, write_synthetic_csv
+from training.tiny import synthetic_rows
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-HOLDOUT_SHARE = 0.25
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    """A tiny base model, synthetic base data, a fixed evaluation set, an experiment and a refresh config."""
-    build_tiny_model(tmp_path / "base", "distilbert", n_layers=2)
-    write_synthetic_csv(tmp_path / "base.csv", 600, seed=1)
-    write_synthetic_csv(tmp_path / "eval.csv", 300, seed=2)
-    experiment = {
-        "name": "refresh-tiny", "base_model": str(tmp_path / "base"),
-        "data": {"path": str(tmp_path / "base.csv"), "split": {"validation": 0.15, "test": 0.15}},
-        "max_length": 32, "batch_size": 16, "learning_rate": 2e-3, "warmup_ratio": 0.0, "epochs": 6,
-        "eval_steps": 50, "save_top_k": 1, "num_threads": 1,
-    }
-    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(experiment))
-    refresh = {
-        "name": "tiny-refresh", "experiment": "experiment.yaml", "feedback": {"holdout_share": HOLDOUT_SHARE},
-        "gate": {"eval_set": str(tmp_path / "eval.csv"), "metric": "macro_recall", "margin": 0.0},
-        "runs_dir": str(tmp_path / "runs"),
-    }
-    (tmp_path / "refresh.yaml").write_text(yaml.safe_dump(refresh))
-    return tmp_path
+HOLDOUT_SHARE = 0.25  # as in the refresh_workdir fixture (conftest)
 
 
 def review(rid: str, text: str, label: str) -> LabelledReview:
@@ -58,11 +35,11 @@ def review(rid: str, text: str, label: str) -> LabelledReview:
 
 
 def test_feedback_flows_into_the_next_refresh_and_a_worse_candidate_is_not_promoted(
-        reg_url: str, workdir: Path, uid: str) -> None:
+        reg_url: str, refresh_workdir: Path, uid: str) -> None:
     engine = get_engine(reg_url)
-    life = lifecycle_settings(workdir)
-    config = load_refresh_config(workdir / "refresh.yaml")
-    gate_set = str(workdir / "eval.csv")
+    life = lifecycle_settings(refresh_workdir)
+    config = load_refresh_config(refresh_workdir / "refresh.yaml")
+    gate_set = str(refresh_workdir / "eval.csv")
 
     # 1. No feedback, no production: the first refresh is promoted because nothing serves yet.
     first = run_refresh(config, life, engine, run_id="first")
@@ -70,7 +47,7 @@ def test_feedback_flows_into_the_next_refresh_and_a_worse_candidate_is_not_promo
     assert registry.production(engine).version == first.candidate
 
     # 2. People correct 41 reviews: 40 texts the base data lacks, and one base training text relabelled.
-    experiment = load_config(workdir / "experiment.yaml")
+    experiment = load_config(refresh_workdir / "experiment.yaml")
     base = load_dataset(experiment.data)
     base_keys = {dedup_key(t) for s in base.splits().values() for t in s.texts}
     new_rows = [(f"{text} case {i}", label) for i, (text, label) in enumerate(synthetic_rows(40, seed=99))]
@@ -120,20 +97,20 @@ def test_feedback_flows_into_the_next_refresh_and_a_worse_candidate_is_not_promo
     assert f"| ... added to train | {c.added_to_train} |" in report
 
 
-def test_refresh_cli_runs_only_on_drift_when_asked(reg_url: str, workdir: Path, settings: Settings) -> None:
+def test_refresh_cli_runs_only_on_drift_when_asked(reg_url: str, refresh_workdir: Path, settings: Settings) -> None:
     s = settings.model_copy(update={
         "postgres": settings.postgres.model_copy(update={"url": SecretStr(reg_url)}),
-        "registry": settings.registry.model_copy(update={"store_dir": workdir / "store"}),
+        "registry": settings.registry.model_copy(update={"store_dir": refresh_workdir / "store"}),
     })
-    quiet = invoke_cli(s, "refresh", str(workdir / "refresh.yaml"), "--if-drift")
+    quiet = invoke_cli(s, "refresh", str(refresh_workdir / "refresh.yaml"), "--if-drift")
     assert quiet.exit_code == 0, quiet.output
     assert "no refresh: no drift score in the last 2 hours" in quiet.output
-    assert not (workdir / "runs").exists()
+    assert not (refresh_workdir / "runs").exists()
 
-    ran = invoke_cli(s, "refresh", str(workdir / "refresh.yaml"), "--run-id", "cli")
+    ran = invoke_cli(s, "refresh", str(refresh_workdir / "refresh.yaml"), "--run-id", "cli")
     assert ran.exit_code == 0, ran.output
     assert "PROMOTED (no production model yet)" in ran.output and "report: " in ran.output
-    assert (workdir / "runs" / "cli" / "report.md").exists()
+    assert (refresh_workdir / "runs" / "cli" / "report.md").exists()
     with get_engine(reg_url).connect() as conn:
         assert conn.execute(select(registry.model_version.c.stage)).scalars().all() == ["production"]
 
