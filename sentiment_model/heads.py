@@ -8,12 +8,13 @@ linear on the mean of the last hidden states over the attention mask.
 It saves and loads in plain Hugging Face format, without ``trust_remote_code``: importing this module
 registers its config type (``model_type: mean_pooling_classifier``) with ``AutoConfig`` and the model
 with ``AutoModelForSequenceClassification``, so ``AutoModelForSequenceClassification.from_pretrained(dir)``
-works once it is imported (the predictor and ``evaluate`` import it). The encoder is built with
-``AutoModel`` from its own nested config, so BERT-family encoders and DistilBERT are wrapped alike;
+works once it is imported (``sentiment_model.predictor`` imports it, so every inference path has it).
+The encoder is built with ``AutoModel`` from its own nested config, so BERT-family encoders and DistilBERT
+are wrapped alike;
 ``model.base_model`` is the encoder, which is what layer freezing (``training.modeling.freeze``) walks.
 
-Only torch and transformers are imported here, so serving can load such a model without the rest of the
-training package's dependencies.
+It is part of the model contract (training writes such models, serving loads them): only torch and
+transformers are imported here.
 """
 
 from __future__ import annotations

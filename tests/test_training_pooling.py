@@ -1,4 +1,4 @@
-"""``pooling: mean``: a linear head on the masked token mean (training/heads.py), on tiny random models.
+"""``pooling: mean``: a linear head on the masked token mean (sentiment_model/heads.py), on tiny random models.
 
 It must train, save and reload in plain Hugging Face format (Auto classes, no trust_remote_code), serve
 through the one predictor (fp32 and int8), respect layer freezing and ignore padding.

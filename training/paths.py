@@ -18,6 +18,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+from sentiment_model.artifact import is_model_dir
 from sentiment_model.errors import ModelNotFoundError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +46,7 @@ def package_dir(spec: str) -> Path:
     root = Path(next(iter(found.submodule_search_locations)))
     if sub:
         return root / sub
-    if not (root / "config.json").exists() and (root / "model" / "config.json").exists():
+    if not is_model_dir(root) and is_model_dir(root / "model"):
         return root / "model"
     return root
 

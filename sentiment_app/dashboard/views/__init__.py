@@ -1,1 +1,1 @@
-"""Page scripts Streamlit runs (see stream/dashboard/app.py); a package so that wheels ship them."""
+"""Page scripts Streamlit runs (see sentiment_app/dashboard/app.py); a package so that wheels ship them."""
