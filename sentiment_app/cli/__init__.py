@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import logging
 
-from sentiment_app.cli import data, lifecycle, stack  # noqa: F401  (their commands register on app)
+# Import order = registration order = the order of `sentiment --help`.
+# isort: off
+from sentiment_app.cli import stack  # noqa: F401  (init, worker, produce, status, demo, dashboard)
+from sentiment_app.cli import data  # noqa: F401  (trends, dlq, sql, reviews, feedback, classify)
+from sentiment_app.cli import lifecycle  # noqa: F401  (refresh, drift)
+# isort: on
 from sentiment_app.cli.models import app as models_app
 from sentiment_app.cli.root import app
 from training.cli import app as training_app
