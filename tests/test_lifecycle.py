@@ -109,3 +109,34 @@ def test_after_refresh_promotes_classify_the_dashboard_and_a_running_worker_serv
 
     after = send(5, "after")
     wait_until(lambda: versions(after) == {new}, 60, f"rows labelled by {new}", worker.log)
+
+
+def test_the_demo_registers_its_model_so_models_list_shows_what_status_serves(
+        settings: Settings, reg_url: str, uid: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make demo` without a model: the one it trains is published and promoted, and `current` points at it."""
+    from types import SimpleNamespace
+
+    import training.train
+    from sentiment_app.demo import ensure_model
+    from stream.services import check_model
+
+    s = settings.model_copy(update={
+        "postgres": settings.postgres.model_copy(update={"url": SecretStr(reg_url)}),
+        "model": settings.model.model_copy(update={"dir": None, "version": None}),
+        "registry": settings.registry.model_copy(update={"eval_set": "sample"}),
+    })
+    run = fake_run(tmp_path / "runs", f"{uid}-demo", seed=5)  # stands in for the minutes of demo training
+    monkeypatch.setattr(training.train, "run_experiment",
+                        lambda *a, **k: SimpleNamespace(run_dir=run, model_dir=run / "model", test={"macro_f1": 0.5}))
+    served = ensure_model(s)
+
+    engine = get_engine(reg_url)
+    assert registry.production(engine).version == f"{uid}-demo"
+    assert served == registry.get_version(engine, f"{uid}-demo").artifact_dir
+    assert (s.models_dir / "current").resolve() == served
+    assert serving_model(s)[0].version == f"{uid}-demo"
+    health = check_model(s)
+    assert health.ok and health.detail == f"production {uid}-demo (registry)"
+    listed = invoke_cli(s, "models", "list")
+    assert listed.exit_code == 0 and f"{uid}-demo" in listed.output and "production" in listed.output
+    assert ensure_model(s) == served  # a second demo serves the registered model, trains nothing
