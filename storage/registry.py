@@ -13,10 +13,13 @@ set (scores are kept per version and set, so each is computed once) and the cand
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import re
 import shutil
+import stat
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -163,12 +166,44 @@ def evaluate_on(model_dir: Path, eval_set: str) -> dict[str, Any]:
     return json.loads(json.dumps(result, default=str))  # plain JSON for the jsonb column
 
 
+# --- containment --------------------------------------------------------------------------------------
+
+def default_store() -> Path:
+    """The configured model store (``Settings.model_store``), for callers that name none."""
+    from stream.settings import get_settings
+
+    return get_settings().model_store()
+
+
+def contained(version: str, artifact_dir: Path, store: Path | None = None) -> Path:
+    """The artifact's real path, if it lies inside the model store; else RegistryError.
+
+    A ``model_version`` row is data: whoever can write it could name any directory, and loading a
+    model runs what it ships. Links and ``..`` are resolved before the check, so neither leads out.
+    A missing artifact is still returned (its path resolved): callers report it as not readable here.
+    """
+    root = (store if store is not None else default_store()).resolve()
+    try:
+        real = artifact_dir.resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        raise RegistryError(f"{version}: artifact {artifact_dir} cannot be resolved ({e}); republish it") from None
+    if real == root or not real.is_relative_to(root):
+        raise RegistryError(f"{version}: artifact {artifact_dir} resolves to {real}, outside the model store {root}; "
+                            "only models copied there by `sentiment models publish` are served (republish it, or "
+                            "set SENTIMENT_REGISTRY__STORE_DIR to the store it was published to)")
+    return real
+
+
 # --- reads --------------------------------------------------------------------------------------------
 
-def production(engine: Engine) -> ModelRef | None:
-    """The production version (one indexed row lookup: workers call this every few seconds)."""
+def production(engine: Engine, store: Path | None = None) -> ModelRef | None:
+    """The production version (one indexed row lookup: workers call this every few seconds).
+
+    Its artifact is checked to lie inside ``store`` (default: the configured one) before a loader sees it.
+    """
     with engine.connect() as conn:
-        return _production(conn)
+        ref = _production(conn)
+    return ModelRef(ref.version, contained(ref.version, ref.artifact_dir, store)) if ref else None
 
 
 def _production(conn: Connection) -> ModelRef | None:
@@ -223,15 +258,17 @@ def save_evaluation(engine: Engine, version: str, eval_set: str, metrics: dict[s
         conn.execute(stmt)
 
 
-def score(engine: Engine, ref: ModelRef, eval_set: str, metric: str, evaluate: Evaluator = evaluate_on) -> float:
-    """The version's metric on the set: stored if known, else evaluated now and stored."""
+def score(engine: Engine, ref: ModelRef, eval_set: str, metric: str, evaluate: Evaluator = evaluate_on,
+          store: Path | None = None) -> float:
+    """The version's metric on the set: stored if known, else evaluated now (inside ``store`` only) and stored."""
     metrics = evaluation(engine, ref.version, eval_set)
     if metrics is None:
-        if not (ref.artifact_dir / "config.json").exists():
+        artifact = contained(ref.version, ref.artifact_dir, store)
+        if not (artifact / "config.json").exists():
             raise RegistryError(f"{ref.version}: artifact {ref.artifact_dir} is missing, so it cannot be scored on "
                                 f"{eval_set!r}; restore the model store or promote with --force")
         log.info("scoring %s on %s", ref.version, eval_set)
-        metrics = evaluate(ref.artifact_dir, eval_set)
+        metrics = evaluate(artifact, eval_set)
         save_evaluation(engine, ref.version, eval_set, metrics)
     if metric not in metrics:
         raise RegistryError(f"metric {metric!r} unknown; use one of {', '.join(METRICS)}")
@@ -244,17 +281,92 @@ def _model_dir(path: Path) -> Path:
     """A run directory (with model/) or a model directory itself."""
     for candidate in (path / "model", path):
         if (candidate / "config.json").exists():
+            _refuse_links(candidate, path)
             return candidate
     raise RegistryError(f"{path}: no model found (neither {path / 'model'} nor {path} has a config.json); give a "
                         "training run directory such as runs/<run_id>, after `sentiment train` has finished")
 
 
+def _refuse_links(model_dir: Path, run_dir: Path) -> None:
+    """Fail before anything is read if the model directory holds a symlink or anything but files and folders.
+
+    The path the user named may itself be a link (``runs/latest``); nothing below it may be one.
+    """
+    if model_dir != run_dir and model_dir.is_symlink():
+        raise _not_regular(model_dir, "is a symbolic link")
+    for folder, dirs, files in os.walk(model_dir):  # does not follow links to folders
+        for name in dirs + files:
+            entry = Path(folder) / name
+            mode = entry.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                raise _not_regular(entry, "is a symbolic link")
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise _not_regular(entry, "is not a regular file")
+
+
+def _not_regular(entry: Path, what: str) -> RegistryError:
+    return RegistryError(f"{entry} {what}; publish copies regular files only: replace it with the file it stands "
+                         "for, or remove it, and publish again")
+
+
+def _copy_regular(src: Path, dst: Path) -> None:
+    """Copy a model directory, refusing links and special files even if one appears while copying.
+
+    Each entry is opened with O_NOFOLLOW relative to its folder's descriptor and checked with fstat, so
+    a file swapped for a link (say to a system file) after ``_refuse_links`` is never read into the store.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+    def copy_dir(dir_fd: int, shown: Path, out: Path) -> None:
+        out.mkdir()
+        with os.scandir(dir_fd) as it:
+            names = sorted(e.name for e in it)
+        for name in names:
+            try:
+                fd = os.open(name, flags | os.O_NONBLOCK, dir_fd=dir_fd)
+            except OSError as e:  # ELOOP: a symbolic link
+                raise _not_regular(shown / name, "is a symbolic link" if e.errno == errno.ELOOP
+                                   else f"cannot be opened ({e.strerror})") from None
+            try:
+                mode = os.fstat(fd).st_mode
+                if stat.S_ISDIR(mode):
+                    copy_dir(fd, shown / name, out / name)
+                elif stat.S_ISREG(mode):
+                    with open(fd, "rb", closefd=False) as reader, open(out / name, "xb") as writer:
+                        shutil.copyfileobj(reader, writer, 1 << 20)
+                else:
+                    raise _not_regular(shown / name, "is not a regular file")
+            finally:
+                os.close(fd)
+
+    top = os.open(src, flags | os.O_DIRECTORY)
+    try:
+        copy_dir(top, src, dst)
+    finally:
+        os.close(top)
+
+
+def _run_info(info_file: Path) -> dict[str, Any]:
+    """The run's ``training_run.json`` (``{}`` if none), checked for the shape publish reads: it comes with the
+    run, so whoever wrote the run wrote it."""
+    if not info_file.exists():
+        return {}
+    try:
+        run = json.loads(info_file.read_bytes())
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise RegistryError(f"{info_file} is not valid JSON ({e}); fix or remove it and publish again") from None
+    shapes = {"run_id": str, "config": dict, "test_metrics": dict}
+    if not isinstance(run, dict) or any(k in run and not isinstance(run[k], t) for k, t in shapes.items()):
+        raise RegistryError(f"{info_file} is not a training run's record (a JSON object whose run_id is a string "
+                            "and config and test_metrics are objects); fix or remove it and publish again")
+    return run
+
+
 def publish(engine: Engine, run_dir: Path, store_dir: Path, eval_set: str, version: str | None = None,
             evaluate: Evaluator = evaluate_on) -> VersionInfo:
     """Copy a run's model into the store, score it on ``eval_set`` and register it as a candidate."""
-    src = _model_dir(Path(run_dir))
-    info_file = src / "training_run.json"
-    run: dict[str, Any] = json.loads(info_file.read_text()) if info_file.exists() else {}
+    src = _model_dir(Path(run_dir).resolve())  # the path named may be a link (runs/latest); nothing below it
+    run = _run_info(src / "training_run.json")
     version = version or run.get("run_id") or (src.parent.name if src.name == "model" else src.name)
     if not _VERSION_RE.match(version):
         raise RegistryError(f"version {version!r}: use letters, digits, '.', '_' or '-' (pass --version)")
@@ -268,8 +380,8 @@ def publish(engine: Engine, run_dir: Path, store_dir: Path, eval_set: str, versi
     if target.exists():
         raise RegistryError(f"{target} exists but is not registered (an interrupted publish?); remove it and retry")
     tmp = store_dir / f".tmp-{version}-{uuid.uuid4().hex[:6]}"
-    shutil.copytree(src, tmp)
     try:
+        _copy_regular(src, tmp)
         tmp.rename(target)  # atomic: the store never holds half a model under a version's name
         metrics = evaluate(target, eval_set)
         with engine.begin() as conn:
@@ -287,26 +399,32 @@ def publish(engine: Engine, run_dir: Path, store_dir: Path, eval_set: str, versi
 
 
 def promote(engine: Engine, version: str, *, eval_set: str | None = None, metric: str = "macro_f1",
-            margin: float = 0.0, force: bool = False, evaluate: Evaluator = evaluate_on) -> Decision:
+            margin: float = 0.0, force: bool = False, evaluate: Evaluator = evaluate_on,
+            store: Path | None = None) -> Decision:
     """Make ``version`` production if it scores at least production + margin on the same set (or if forced).
 
     Scoring happens before the transaction (it can take a minute); the transaction then checks that
     production has not changed meanwhile, switches stages and records the decision, promoted or not.
+    Artifacts are scored only inside ``store`` (default: the configured one); given one, a candidate
+    outside it is refused before anything changes.
     """
     if metric not in METRICS:
         raise RegistryError(f"metric {metric!r} unknown; use one of {', '.join(METRICS)}")
     cand = get_version(engine, version)
     if cand.stage == "production":
         raise RegistryError(f"{version} is already production")
+    if store is not None:  # the CLI and refresh name the store: refuse an outside artifact before any change
+        contained(version, cand.artifact_dir, store)
     eval_set = eval_set or cand.eval_set
-    prod = production(engine)
+    with engine.connect() as conn:  # its artifact is checked by score(), where it is loaded
+        prod = _production(conn)
     cand_ref = ModelRef(cand.version, cand.artifact_dir)
     if force:  # an operator's override: use the scores we have, compute nothing
         cand_score = _known(engine, cand.version, eval_set, metric)
         prod_score = _known(engine, prod.version, eval_set, metric) if prod else None
     else:
-        cand_score = score(engine, cand_ref, eval_set, metric, evaluate)
-        prod_score = score(engine, prod, eval_set, metric, evaluate) if prod else None
+        cand_score = score(engine, cand_ref, eval_set, metric, evaluate, store)
+        prod_score = score(engine, prod, eval_set, metric, evaluate, store) if prod else None
 
     if prod is None:
         promoted, reason = True, "no production model yet"

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from stream.settings import Settings, get_settings
+from stream.terminal_text import PlainConsole, clean
+from stream.terminal_text import PlainTable as Table  # every cell literal, no control characters
 
 app = typer.Typer(help="Publish, promote and roll back model versions (the model registry).",
                   no_args_is_help=True, rich_markup_mode=None)
-console = Console()
+console = PlainConsole()  # version names and paths are data: never markup, no escape sequences
 
 
 def _engine(settings: Settings):
@@ -32,7 +32,7 @@ def _engine(settings: Settings):
 
 
 def _fail(err: Exception) -> None:
-    console.print(f"error: {err}", style="red", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"error: {clean(err)}", style="red", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -44,8 +44,17 @@ def _registry_errors():
     return RegistryError, FileNotFoundError, sa_exc.ProgrammingError
 
 
-def _point_current(settings: Settings, artifact_dir: Path) -> None:
-    """Re-point ``models_dir/current`` at the production artifact (a link only: a real directory is left alone)."""
+def _point_current(settings: Settings, version: str, artifact_dir: Path) -> None:
+    """Re-point ``models_dir/current`` at the production artifact (a link only: a real directory is left alone).
+
+    Only at an artifact inside the model store: ``classify`` and the dashboard load what it points at.
+    """
+    from storage.registry import RegistryError, contained
+
+    try:
+        artifact_dir = contained(version, artifact_dir, settings.model_store())
+    except RegistryError as e:
+        _fail(e)
     current = settings.models_dir / "current"
     if current.exists() and not current.is_symlink():
         console.print(f"note: {current} is a directory, not a link; left as it is")
@@ -149,7 +158,8 @@ def promote(
     engine = _engine(s)
     try:
         d = registry.promote(engine, version, eval_set=eval_set, metric=metric or s.registry.metric,
-                             margin=s.registry.margin if margin is None else margin, force=force)
+                             margin=s.registry.margin if margin is None else margin, force=force,
+                             store=s.model_store())
     except _registry_errors() as e:
         _fail(e)
     scores = (f"{d.metric} on {d.eval_set}: candidate {_fmt(d.candidate_score)}, "
@@ -158,7 +168,7 @@ def promote(
         console.print(f"rejected: {d.reason}. {scores}. Production stays {d.production_before}. "
                       "Use --force to override, or --margin to allow a small drop.")
         raise typer.Exit(code=1)
-    _point_current(s, registry.get_version(engine, version).artifact_dir)
+    _point_current(s, version, registry.get_version(engine, version).artifact_dir)
     console.print(f"promoted {version} ({d.reason}). {scores}. Workers switch within "
                   f"{s.worker.reload_interval_s:g}s plus the load time.")
 
@@ -177,7 +187,7 @@ def rollback() -> None:
         d = registry.rollback(engine)
     except _registry_errors() as e:
         _fail(e)
-    _point_current(s, registry.get_version(engine, d.candidate).artifact_dir)
+    _point_current(s, d.candidate, registry.get_version(engine, d.candidate).artifact_dir)
     console.print(f"rolled back: {d.production_before} archived, {d.candidate} is production again")
 
 
@@ -217,7 +227,7 @@ def shadow(
                           else "no shadow run was active")
             return
         if version is None:
-            dep = shadow_store.active(engine)
+            dep = shadow_store.active(engine, s.model_store())
             console.print(f"shadowing {dep.candidate} on {dep.share:.0%} of reviews since "
                           f"{dep.started_at:%Y-%m-%d %H:%M} UTC (deployment {dep.id})" if dep
                           else "no shadow run is active; `sentiment models shadow VERSION --share 0.2` starts one")
@@ -258,11 +268,11 @@ def compare(
         registry.get_version(engine, version)
         c = shadow_store.compare(engine, version)
         deps = shadow_store.deployments(engine, version)
-        prod = registry.production(engine)
+        prod = next((v.version for v in registry.list_versions(engine) if v.stage == "production"), None)  # a name
     except _registry_errors() as e:
         _fail(e)
     versions = sorted(c.production_versions.items(), key=lambda kv: -kv[1])
-    against = ", ".join(f"{v} ({n} reviews)" for v, n in versions) or (prod.version if prod else "-")
+    against = ", ".join(f"{v} ({n} reviews)" for v, n in versions) or prod or "-"
     console.print(f"shadow evaluation of {version} against production {against}")
     for d in deps:
         until = f"{d.stopped_at:%Y-%m-%d %H:%M}" if d.stopped_at else "now (active)"
@@ -291,7 +301,7 @@ def compare(
     console.print(f"latency: production {_ms(c.production_ms_per_event)}/event, candidate "
                   f"{_ms(c.candidate_ms_per_event)}/event ({ratio}); shadowing added {_ms(c.added_ms_per_batch)} "
                   "per batch")
-    prod_version = versions[0][0] if versions else (prod.version if prod else None)
+    prod_version = versions[0][0] if versions else prod
     scores = shadow_store.evaluations(engine, [v for v in (version, prod_version) if v])
     if scores:
         t = Table(title="offline scores (stored evaluations)")

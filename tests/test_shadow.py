@@ -239,7 +239,7 @@ def test_deployments_records_and_the_cli(reg_url: str, uid: str, tmp_path: Path,
     assert replaced is None
     dep, replaced = shadow_store.start(engine, b, 0.5)  # replaces the active one
     assert replaced is not None and replaced.id == first.id
-    active = shadow_store.active(engine)
+    active = shadow_store.active(engine, tmp_path / "models" / "store")
     assert active is not None and active.id == dep.id and active.candidate == b and active.share == 0.5
     assert active.artifact_dir == (tmp_path / "models" / "store" / b).resolve()
 
