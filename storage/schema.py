@@ -30,7 +30,7 @@ review_sentiment = Table(
     Column("review_id", Text, primary_key=True),
     Column("text", Text, nullable=False),
     Column("source", Text, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), primary_key=True),  # the partition key (months)
     Column("label", Text, nullable=False),
     Column("score", REAL, nullable=False),
     Column("p_negative", REAL, nullable=False),
@@ -43,4 +43,12 @@ review_sentiment = Table(
     Column("kafka_offset", BigInteger),
     Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("label IN ('negative', 'neutral', 'positive')", name="review_sentiment_label_check"),
+)
+
+# The claim of a review id (migration 0006): unique across review_sentiment's partitions, one per row.
+review_key = Table(
+    "review_key",
+    metadata,
+    Column("review_id", Text, primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )

@@ -10,11 +10,12 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from stream.models_cli import app as models_app
 from stream.services import ServiceUnavailable
 from stream.settings import get_settings
+from stream.terminal_text import PlainTable as Table  # every cell literal, no control characters
+from stream.terminal_text import markup_safe
 
 app = typer.Typer(
     help="Live opinion tracking: stream reviews through a sentiment model into Postgres and Redis.",
@@ -27,7 +28,7 @@ console = Console()
 
 def _fail(err: Exception) -> NoReturn:
     """A user's mistake or a service that is down: one red line on stderr, exit status 2, no traceback."""
-    Console(stderr=True).print(f"[red]error:[/red] {err}", highlight=False)
+    Console(stderr=True).print(f"[red]error:[/red] {markup_safe(err)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -37,14 +38,25 @@ def init() -> None:
 
     Example: sentiment init
     """
-    from storage.db import safe_address
+    from storage.db import get_engine, safe_address
     from storage.migrate import upgrade
+    from storage.partitions import apply_retention
+    from storage.roles import RoleSetupError, provision
     from stream.services import check_postgres, create_topics
 
     s = get_settings()
     check_postgres(s)
-    upgrade(s.postgres.url.get_secret_value())
-    console.print(f"schema at head on {safe_address(s.postgres.url.get_secret_value())}")
+    try:
+        changed = provision(s.postgres.dsn(), s.postgres.role_dsns(), s.postgres.statement_timeout_ms)
+    except RoleSetupError as e:
+        _fail(e)
+    upgrade(s.postgres.dsn())
+    console.print(f"schema at head on {safe_address(s.postgres.dsn())}; roles "
+                  + (", ".join(changed) if changed else "already set up"))
+    days = s.postgres.retention_days
+    dropped = apply_retention(get_engine(s.postgres.dsn()), days)
+    console.print(f"reviews kept {f'{days} days' if days else 'forever'}"
+                  + (f"; dropped {', '.join(dropped)}" if dropped else ""))
     created = create_topics(s)
     console.print(f"topics: {', '.join(created) + ' created' if created else 'already there'}")
 
@@ -85,9 +97,9 @@ def produce(
     skipped = sum(summary.skipped.values())
     console.print(f"sent {summary.sent}, skipped {skipped}")
     for reason, n in summary.skipped.most_common():
-        console.print(f"  skipped {n}: {reason}")
+        console.print(f"  skipped {n}: {markup_safe(reason)}")
     for line in summary.first_skips:
-        console.print(f"  e.g. {line}")
+        console.print(f"  e.g. {markup_safe(line)}")
 
 
 @app.command()
@@ -144,26 +156,29 @@ def dlq(
 
 
 @app.command()
-def sql(query: Annotated[str, typer.Argument(help="one SQL statement; runs read-only")],
-        max_rows: int = 100) -> None:
-    """Run a read-only SQL query against the labelled reviews (statement timeout applies).
+def sql(query: Annotated[str, typer.Argument(help="one query (SELECT, WITH, VALUES, TABLE); runs read-only")],
+        max_rows: Annotated[int, typer.Option(min=1, help="fetch at most this many rows")] = 100) -> None:
+    """Run one read-only query as the reader role (statement timeout applies; README "Security").
 
     Example: sentiment sql "SELECT * FROM sentiment_hourly_total ORDER BY hour DESC LIMIT 12"
     """
+    from storage import readonly_query
     from storage.db import get_engine
-    from storage.reviews import run_readonly_sql
-    from stream.services import check_postgres
 
     s = get_settings()
-    check_postgres(s)
-    cols, rows = run_readonly_sql(get_engine(s.postgres.url.get_secret_value()), query,
-                                  s.postgres.statement_timeout_ms, max_rows)
+    try:
+        result = readonly_query.run(get_engine(s.postgres.dsn("reader")), query, max_rows,
+                                    s.postgres.statement_timeout_ms)
+    except (readonly_query.SqlRefused, readonly_query.QueryError) as e:
+        _fail(e)
     table = Table()
-    for c in cols:
+    for c in result.columns:
         table.add_column(c, overflow="fold")
-    for r in rows:
+    for r in result.rows:
         table.add_row(*("" if v is None else str(v) for v in r))
     console.print(table)
+    if result.more:
+        console.print(f"first {max_rows} rows shown; the rest was not fetched (raise --max-rows)")
 
 
 @app.command()
@@ -230,7 +245,7 @@ def feedback(
         c = add_correction(engine, review_id, label.strip().lower(), by or default_author(), note)
     except FeedbackError as e:
         _fail(e)
-    console.print(f"{c.review_id}: {c.previous_label} -> {c.label} (by {c.author}, correction #{c.id})")
+    console.print(markup_safe(f"{c.review_id}: {c.previous_label} -> {c.label} (by {c.author}, correction #{c.id})"))
 
 
 @app.command()
@@ -304,8 +319,8 @@ def drift(ctx: typer.Context, hours: Annotated[int, typer.Option(help="show the 
                       f"{s.drift.min_events} reviews in it, for a model with a reference profile")
         return
     mix = ", ".join(f"{k} {v:.2f}" for k, v in reference["label_mix"].items())
-    console.print(f"reference: model {reference['version']}, predicted mix {mix}, mean confidence "
-                  f"{reference['mean_confidence']:.3f} ({reference['rows']} {reference['source']} rows); "
+    console.print(f"reference: model {markup_safe(reference['version'])}, predicted mix {mix}, mean confidence "
+                  f"{reference['mean_confidence']:.3f} ({reference['rows']} {markup_safe(reference['source'])} rows); "
                   f"threshold {s.drift.threshold:g}")
     table = Table(title="drift per hour (UTC, by review time)")
     for col in ("hour", "reviews", "negative", "neutral", "positive", "confidence", "label PSI", "conf. drop",
@@ -456,5 +471,5 @@ def main() -> None:
     try:
         app()
     except (ServiceUnavailable, FileNotFoundError) as e:  # raised outside a command's own handling
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
+        Console(stderr=True).print(f"[red]error:[/red] {markup_safe(e)}", highlight=False)
         sys.exit(2)

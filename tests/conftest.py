@@ -67,9 +67,13 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def migrated_db() -> str:
-    """The test database, migrated to head once per session."""
+    """The test database, migrated to head once per session; its roles set up as `sentiment init` does."""
     from storage.migrate import upgrade
+    from storage.roles import provision
+    from stream.settings import PostgresSettings
 
+    pg = PostgresSettings(url=TEST_DB_URL)
+    provision(pg.dsn(), pg.role_dsns(), pg.statement_timeout_ms)
     upgrade(TEST_DB_URL)
     return TEST_DB_URL
 

@@ -195,7 +195,7 @@ def run_refresh(config: RefreshConfig, engine: Engine, store_dir: Path, default_
     gate_set = config.gate.eval_set or default_eval_set
     holdout_set = holdout_eval_set(merged.holdout, store_dir)
     eval_sets = list(dict.fromkeys([gate_set, *config.eval_sets, *([holdout_set] if holdout_set else [])]))
-    production = registry.production(engine)
+    production = registry.production(engine, store_dir)
     candidate = registry.publish(engine, result.run_dir, store_dir, gate_set)
     scores: dict[str, dict[str, dict[str, Any] | None]] = {}
     for eval_set in eval_sets:
@@ -204,13 +204,13 @@ def run_refresh(config: RefreshConfig, engine: Engine, store_dir: Path, default_
             if ref is None:
                 continue
             try:
-                registry.score(engine, ref, eval_set, config.gate.metric)
+                registry.score(engine, ref, eval_set, config.gate.metric, store=store_dir)
                 scores[eval_set][ref.version] = registry.evaluation(engine, ref.version, eval_set)
             except registry.RegistryError as e:
                 log.warning("cannot score %s on %s: %s", ref.version, eval_set, e)
                 scores[eval_set][ref.version] = None
     decision = registry.promote(engine, candidate.version, eval_set=gate_set, metric=config.gate.metric,
-                                margin=config.gate.margin)
+                                margin=config.gate.margin, store=store_dir)
     out = RefreshResult(result.run_dir, candidate.version, decision.production_before, decision.promoted,
                         decision.reason, gate_set, config.gate.metric, merged.counts, scores)
     out.report = write_report(out, config, merged, started)
