@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install up down status test test-fast lint chaos demo bench
+.PHONY: install up down status browser helm test test-fast lint chaos demo bench
 
 install: $(VENV)/.installed
 
@@ -30,8 +30,22 @@ down:
 status:
 	ops/stack.sh status
 
+# The dashboard's browser test drives Debian's chromium (tests/test_dashboard_browser.py); `make test` installs
+# it like .ci/run does, so a newcomer runs CI's suite instead of silently skipping that test.
+CHROMIUM ?= $(or $(SENTIMENT_TEST_CHROMIUM),/usr/bin/chromium)
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+browser:
+	@test -x $(CHROMIUM) || command -v apt-get >/dev/null || { echo "no chromium at $(CHROMIUM) and no apt-get:" \
+	  "install chromium and set SENTIMENT_TEST_CHROMIUM=/path/to/chromium" >&2; exit 2; }
+	test -x $(CHROMIUM) || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
+
+# helm for tests/test_helm.py, built once from the Go module proxy into .stack/bin (ops/helm.sh).
+helm:
+	ops/helm.sh >/dev/null
+
 # Every test (unit, integration against the stack, chaos); the 15 slowest are listed at the end.
-test: up
+test: up browser helm
 	$(BIN)/pytest -q --durations=15 $(PYTEST_ARGS)
 
 # Tests that need no service (`unit`, set by tests/conftest.py) and train nothing (not `slow`): under a

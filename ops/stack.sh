@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
 # Local stack for dev and CI, without Docker: Kafka (KRaft, from Maven Central), PostgreSQL
-# and Redis (from Debian), each bound to 127.0.0.1 only. Runtime state lives in .stack/.
+# and Redis (from Debian), each bound to 127.0.0.1 only, plus a 3-node Redis Cluster for the
+# cluster tests (tests/test_redis_cluster.py). Runtime state lives in .stack/.
 #
-#   ops/stack.sh up     [kafka|postgres|redis ...]   install what is missing, start, wait until ready
-#   ops/stack.sh down   [kafka|postgres|redis ...]   stop what `up` started (by pid file only)
+#   ops/stack.sh up     [kafka|postgres|redis|redis-cluster ...]   install what is missing, start, wait
+#   ops/stack.sh down   [kafka|postgres|redis|redis-cluster ...]   stop what `up` started (by pid file only)
 #   ops/stack.sh status                              one line per service
 #
 # Ports: STACK_KAFKA_PORT (9092), STACK_KAFKA_CONTROLLER_PORT (9093), STACK_PG_PORT (5432),
-# STACK_REDIS_PORT (6379). Kafka heap: STACK_KAFKA_HEAP ("-Xms256m -Xmx768m").
+# STACK_REDIS_PORT (6379), STACK_REDIS_CLUSTER_PORT (7000: nodes on 7000-7002, cluster bus +10000).
+# Kafka heap: STACK_KAFKA_HEAP ("-Xms256m -Xmx768m"). Redis memory: STACK_REDIS_MAXMEMORY (1gb).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STACK=$ROOT/.stack
 LOGS=$STACK/logs
 RUN=$STACK/run
-SERVICES=(postgres redis kafka)
+SERVICES=(postgres redis redis-cluster kafka)
 
 KAFKA_PORT=${STACK_KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${STACK_KAFKA_CONTROLLER_PORT:-9093}
 PG_PORT=${STACK_PG_PORT:-5432}
 REDIS_PORT=${STACK_REDIS_PORT:-6379}
+REDIS_MAXMEMORY=${STACK_REDIS_MAXMEMORY:-1gb}
+RC_PORT=${STACK_REDIS_CLUSTER_PORT:-7000}
 KAFKA_HEAP=${STACK_KAFKA_HEAP:--Xms256m -Xmx768m}
 # G1 flags from Kafka's bin/kafka-run-class.sh (KAFKA_JVM_PERFORMANCE_OPTS).
 KAFKA_JVM_OPTS=(-server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35
@@ -63,6 +67,7 @@ app_hint() { # service
   kafka) echo "SENTIMENT_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:<port>" ;;
   postgres) echo "SENTIMENT_POSTGRES__URL=postgresql+psycopg://sentiment:sentiment@127.0.0.1:<port>/sentiment" ;;
   redis) echo "SENTIMENT_REDIS__URL=redis://127.0.0.1:<port>/0" ;;
+  redis-cluster) echo "SENTIMENT_TEST_REDIS_CLUSTER_URL=redis://127.0.0.1:<port>/0" ;;
   esac
 }
 
@@ -207,6 +212,9 @@ logfile "$LOGS/redis.log"
 save ""
 appendonly yes
 appendfsync everysec
+# Past maxmemory, writes fail loudly (OOM) instead of evicting trend counters; the worker retries.
+maxmemory $REDIS_MAXMEMORY
+maxmemory-policy noeviction
 proc-title-template "{title} {listen-addr} {config-file}"
 EOF
   launch redis redis-server "$REDIS_CONF"
@@ -225,6 +233,80 @@ redis_down() {
     log "redis: not running"
   fi
   rm -f "$RUN/redis.pid" "$RUN/redis.addr"
+}
+
+# ---------------------------------------------------------------- redis-cluster
+# Three masters, no replicas, no persistence: test data only. Each start makes a fresh cluster.
+RC_DIR=$STACK/redis-cluster
+rc_ports() { echo "$RC_PORT" $((RC_PORT + 1)) $((RC_PORT + 2)); }
+rc_ping() { [[ $(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null) == PONG ]]; }
+rc_ok() { redis-cli -h 127.0.0.1 -p "$1" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; }
+
+redis-cluster_up() {
+  if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+    apt_install redis-server redis-tools
+  fi
+  local p up=0 t0
+  for p in $(rc_ports); do
+    if our_pid "redis-cluster-$p" "$RC_DIR/$p/redis.conf" >/dev/null && rc_ok "$p"; then up=$((up + 1)); fi
+  done
+  if ((up == 3)); then
+    log "redis-cluster: already running on 127.0.0.1:$RC_PORT-$((RC_PORT + 2))"
+    return 0
+  fi
+  redis-cluster_down # a partial cluster: start again from nothing
+  for p in $(rc_ports); do
+    check_port_number redis-cluster $((p + 10000)) STACK_REDIS_CLUSTER_PORT
+    require_free_port redis-cluster "$p" STACK_REDIS_CLUSTER_PORT
+    require_free_port redis-cluster $((p + 10000)) STACK_REDIS_CLUSTER_PORT
+  done
+  t0=$(now)
+  rm -rf "$RC_DIR"
+  for p in $(rc_ports); do
+    mkdir -p "$RC_DIR/$p"
+    cat >"$RC_DIR/$p/redis.conf" <<EOF
+# Written by ops/stack.sh at every start; edit the script, not this file.
+bind 127.0.0.1
+port $p
+protected-mode yes
+daemonize no
+dir "$RC_DIR/$p"
+logfile "$LOGS/redis-cluster-$p.log"
+save ""
+appendonly no
+cluster-enabled yes
+cluster-config-file nodes.conf
+cluster-node-timeout 5000
+maxmemory 256mb
+maxmemory-policy noeviction
+proc-title-template "{title} {listen-addr} {config-file}"
+EOF
+    launch "redis-cluster-$p" redis-server "$RC_DIR/$p/redis.conf"
+    echo "127.0.0.1:$p" >"$RUN/redis-cluster-$p.addr"
+  done
+  for p in $(rc_ports); do
+    wait_ready "redis-cluster-$p" "$RC_DIR/$p/redis.conf" 20 "$LOGS/redis-cluster-$p.log" "127.0.0.1:$p" rc_ping "$p"
+  done
+  # shellcheck disable=SC2046 # one argument per node
+  redis-cli --cluster create $(rc_ports | sed 's/[0-9]*/127.0.0.1:&/g') --cluster-replicas 0 --cluster-yes \
+    >"$LOGS/redis-cluster-create.log" 2>&1 || {
+    tail -n 10 "$LOGS/redis-cluster-create.log" >&2
+    die "redis-cluster: redis-cli --cluster create failed (log: $LOGS/redis-cluster-create.log)."
+  }
+  for p in $(rc_ports); do
+    wait_ready "redis-cluster-$p" "$RC_DIR/$p/redis.conf" 30 "$LOGS/redis-cluster-$p.log" "127.0.0.1:$p" rc_ok "$p"
+  done
+  log "redis-cluster: ready on 127.0.0.1:$RC_PORT-$((RC_PORT + 2)) (3 masters) in $(since "$t0") s"
+}
+
+redis-cluster_down() {
+  local p pid
+  for p in $(rc_ports); do
+    if pid=$(our_pid "redis-cluster-$p" "$RC_DIR/$p/redis.conf"); then
+      stop_pid "redis-cluster-$p" "$pid"
+    fi
+    rm -f "$RUN/redis-cluster-$p.pid" "$RUN/redis-cluster-$p.addr"
+  done
 }
 
 # ---------------------------------------------------------------- postgres
@@ -346,11 +428,14 @@ EOF
     started=1
   fi
   wait_ready postgres "$data" 30 "$LOGS/postgres.log" "127.0.0.1:$PG_PORT" pg_ready
-  # The app's role and databases (idempotent; also repairs a dropped database).
+  # The app's operator role and databases (idempotent; also repairs a dropped database). CREATEROLE lets
+  # `sentiment init` create and maintain the worker, reader and feedback roles (storage/roles.py).
   pg_admin_sql >/dev/null <<'SQL' || die "postgres: could not create role/databases 'sentiment'; see the message above."
 DO $$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'sentiment') THEN
-    CREATE ROLE sentiment LOGIN CREATEDB PASSWORD 'sentiment';
+    CREATE ROLE sentiment LOGIN CREATEDB CREATEROLE PASSWORD 'sentiment';
+  ELSIF NOT (SELECT rolcreaterole FROM pg_roles WHERE rolname = 'sentiment') THEN
+    ALTER ROLE sentiment CREATEROLE;
   END IF;
 END $$;
 SELECT 'CREATE DATABASE sentiment OWNER sentiment'
@@ -358,6 +443,15 @@ SELECT 'CREATE DATABASE sentiment OWNER sentiment'
 SELECT 'CREATE DATABASE sentiment_test OWNER sentiment'
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'sentiment_test') \gexec
 SQL
+  # Functions every role may call by default that let one signal its own role's other sessions or write
+  # large objects: revoked in template1 (new databases) and in each database there is (ops/postgres-revoke.sql).
+  local db dbs
+  dbs=$(as_postgres "$PG_BIN/psql" -h "$PG_SOCKET_DIR" -p "$PG_PORT" -X -At -d postgres \
+    -c "SELECT datname FROM pg_database WHERE datallowconn") || die "postgres: could not list the databases"
+  for db in $dbs; do
+    as_postgres "$PG_BIN/psql" -h "$PG_SOCKET_DIR" -p "$PG_PORT" -X -q -v ON_ERROR_STOP=1 -d "$db" \
+      <"$ROOT/ops/postgres-revoke.sql" || die "postgres: could not apply ops/postgres-revoke.sql to $db"
+  done
   if [[ -n $started ]]; then
     log "postgres: ready on 127.0.0.1:$PG_PORT (pid $(<"$RUN/postgres.pid")), databases sentiment, sentiment_test in $(since "$t0") s"
   fi
@@ -510,6 +604,7 @@ service_status() { # name marker
 status() {
   service_status postgres "$(readlink -f "$PG_LINK" 2>/dev/null || echo "$PG_LINK")"
   service_status redis "$REDIS_CONF"
+  for p in $(rc_ports); do service_status "redis-cluster-$p" "$RC_DIR/$p/redis.conf"; done
   service_status kafka "$KAFKA_CONF"
 }
 
@@ -517,7 +612,7 @@ status() {
 # line, the postmaster its data dir, Redis its config file (process title): look for them.
 check_none_left() {
   local f args m left=
-  local markers=("$KAFKA_CONF" "$(readlink -f "$PG_LINK" 2>/dev/null || echo "$PG_LINK")" "$REDIS_CONF")
+  local markers=("$KAFKA_CONF" "$(readlink -f "$PG_LINK" 2>/dev/null || echo "$PG_LINK")" "$REDIS_CONF" "$RC_DIR/")
   for f in /proc/[0-9]*/cmdline; do
     args=$(tr '\0' ' ' 2>/dev/null <"$f") || continue
     for m in "${markers[@]}"; do
@@ -547,6 +642,7 @@ check_port_number kafka "$KAFKA_PORT" STACK_KAFKA_PORT
 check_port_number kafka "$KAFKA_CONTROLLER_PORT" STACK_KAFKA_CONTROLLER_PORT
 check_port_number postgres "$PG_PORT" STACK_PG_PORT
 check_port_number redis "$REDIS_PORT" STACK_REDIS_PORT
+check_port_number redis-cluster "$RC_PORT" STACK_REDIS_CLUSTER_PORT
 
 # One `up` or `down` at a time (e.g. `make up` while a chaos test restarts a service).
 # fd 9 holds the lock; the servers we start don't inherit it (9>&- where they are launched).
@@ -567,7 +663,7 @@ up)
 down)
   lock
   # Kafka first: its clients (workers) are gone by now; the stores last.
-  for s in kafka redis postgres; do
+  for s in kafka redis-cluster redis postgres; do
     if [[ " ${targets[*]} " == *" $s "* ]]; then "${s}_down"; fi
   done
   if ((${#targets[@]} == ${#SERVICES[@]})); then check_none_left; fi

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from kafka import KafkaProducer
 from rich.console import Console
-from rich.table import Table
 from sqlalchemy import func, select
 
+from sentiment_app.terminal_text import PlainTable as Table  # every cell literal, no control characters
 from storage.db import get_engine
 from storage.schema import review_sentiment as t
 from storage.trends import MINUTE
@@ -118,14 +118,16 @@ def run_demo(settings: Settings, timeout_s: float = 300) -> None:
                 time.sleep(0.5)
 
         table = Table(title="labelled reviews in Postgres (table review_sentiment)")
-        for col in ("source", "label", "score", "text"):
+        for col in ("source", "label", "score", "expected", "text"):
             table.add_column(col, overflow="fold")
         with engine.connect() as conn:
-            rows = conn.execute(select(t.c.source, t.c.label, t.c.score, t.c.text).where(t.c.review_id.in_(ids))
-                                .order_by(t.c.source, t.c.label)).all()
-        for r in rows:
-            table.add_row(r.source, r.label, f"{r.score:.2f}", r.text)
+            rows = conn.execute(select(t.c.source, t.c.label, t.c.score, t.c.metadata, t.c.text)
+                                .where(t.c.review_id.in_(ids)).order_by(t.c.source, t.c.label)).all()
+        for r in rows:  # `expected`, the sample's gold label, is an unknown top-level field: kept in metadata
+            table.add_row(r.source, r.label, f"{r.score:.2f}", r.metadata.get("expected", ""), r.text)
         console.print(table)
+        graded = [r for r in rows if "expected" in r.metadata]
+        console.print(f"{sum(r.label == r.metadata['expected'] for r in graded)}/{len(graded)} labels as expected")
 
         counters = trend_counters(settings)
         trends = Table(title="trend counters in Redis, last 5 minutes (sentiment trends --minutes 5)")

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from sentiment_model.cleaning import CleaningConfig
-from sentiment_model.errors import ModelNotFoundError
+from sentiment_model.errors import ModelNotFoundError, UserError
 
 log = logging.getLogger(__name__)
 
 MODEL_CONFIG = "config.json"
 RUN_INFO_FILE = "training_run.json"
+_SHAPES = {"run_id": str, "config": dict, "test_metrics": dict}  # what readers rely on, when present
 
 
 def is_model_dir(path: str | Path) -> bool:
@@ -55,19 +56,27 @@ class RunInfo:
     raw: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def read(cls, model_dir: str | Path) -> RunInfo:
+    def read(cls, model_dir: str | Path, strict: bool = False) -> RunInfo:
+        """The model's record; a missing one is empty. An unreadable or misshapen one is empty with a warning
+        (serving goes on), or with ``strict`` (publish: the record is copied into the store) a ``UserError``."""
         path = Path(model_dir) / RUN_INFO_FILE
         if not path.exists():
             return cls()
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            log.warning("unreadable %s (%s); treating the model as trained elsewhere", path, e)
-            return cls()
-        if not isinstance(raw, dict):
-            return cls()
-        return cls(str(raw["run_id"]) if raw.get("run_id") else None, raw.get("config") or {},
-                   raw.get("test_metrics") or {}, raw)
+            raw = json.loads(path.read_bytes())
+        except (OSError, ValueError) as e:  # not JSON, or not UTF-8
+            return cls._bad(path, f"is not valid JSON ({e})", strict)
+        if not isinstance(raw, dict) or any(k in raw and not isinstance(raw[k], t) for k, t in _SHAPES.items()):
+            return cls._bad(path, "is not a training run's record (a JSON object whose run_id is a string and "
+                            "config and test_metrics are objects)", strict)
+        return cls(raw.get("run_id") or None, raw.get("config") or {}, raw.get("test_metrics") or {}, raw)
+
+    @classmethod
+    def _bad(cls, path: Path, what: str, strict: bool) -> RunInfo:
+        if strict:
+            raise UserError(f"{path} {what}; fix or remove it and publish again")
+        log.warning("%s %s; treating the model as trained elsewhere", path, what)
+        return cls()
 
     @property
     def base_model(self) -> str | None:

@@ -8,6 +8,8 @@ trigger, so plain SQL inserts get it too) the label it replaces. The model's own
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -37,7 +39,7 @@ from storage.schema import review_sentiment as reviews
 review_feedback = Table(
     "review_feedback", metadata,
     Column("id", BigInteger, Identity(), primary_key=True),
-    Column("review_id", Text, ForeignKey("review_sentiment.review_id", ondelete="CASCADE"), nullable=False),
+    Column("review_id", Text, ForeignKey("review_key.review_id", ondelete="CASCADE"), nullable=False),
     Column("label", Text, nullable=False),
     Column("previous_label", Text, nullable=False),
     Column("author", Text, nullable=False, server_default=func.current_user()),
@@ -50,6 +52,43 @@ review_feedback = Table(
 
 class FeedbackError(UserError):
     """A correction that cannot be stored; the message says what to do instead."""
+
+
+AUTHOR_MAX = 64
+NOTE_MAX = 500
+_AUTHOR_PUNCTUATION = frozenset(" .-_'@+")
+_INVISIBLE_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")  # Hangul fillers: letters that show as nothing
+# C0/C1 controls (line breaks and escape sequences among them), line separators and bidirectional overrides.
+_NOT_IN_NOTES = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def check_author(author: str) -> str:
+    """The author, trimmed: a name or login of 1-64 letters, digits, spaces and ``.-_'@+``.
+
+    Corrections feed ``sentiment refresh``, so who made one must be a plain, bounded name a reader can
+    trust on a terminal or a page (no markup, no control characters, no megabyte of text).
+    """
+    author = unicodedata.normalize("NFC", author).strip()  # an accent typed as a combining mark counts once
+    if not author:
+        raise FeedbackError("a correction needs an author (--by NAME)")
+    if len(author) > AUTHOR_MAX or not all((c.isalnum() and c not in _INVISIBLE_LETTERS) or c in _AUTHOR_PUNCTUATION
+                                           for c in author):
+        shown = author[:AUTHOR_MAX] + ("..." if len(author) > AUTHOR_MAX else "")
+        raise FeedbackError(f"author {shown!r}: use a name of at most {AUTHOR_MAX} letters, digits, spaces "
+                            "or . - _ ' @ + (e.g. --by ana.lopez)")
+    return author
+
+
+def check_note(note: str | None) -> str | None:
+    """The note, trimmed (None if empty): one line of at most 500 characters, no control characters."""
+    note = (note or "").strip()
+    if not note:
+        return None
+    if len(note) > NOTE_MAX:
+        raise FeedbackError(f"note of {len(note)} characters: keep it to {NOTE_MAX} (one or two sentences)")
+    if _NOT_IN_NOTES.search(note):
+        raise FeedbackError("note: remove line breaks, tabs and other control characters (one line of text)")
+    return note
 
 
 @dataclass(frozen=True)
@@ -85,11 +124,10 @@ def default_author() -> str:
 
 
 def add_correction(engine: Engine, review_id: str, label: str, author: str, note: str | None = None) -> Correction:
-    """Store one correction of a labelled review."""
+    """Store one correction of a labelled review (author and note checked: ``check_author``, ``check_note``)."""
     if label not in LABELS:
         raise FeedbackError(f"label {label!r} unknown; use one of {', '.join(LABELS)}")
-    if not author.strip():
-        raise FeedbackError("a correction needs an author (--by NAME)")
+    author, note = check_author(author), check_note(note)
     with engine.begin() as conn:
         if conn.execute(select(reviews.c.review_id).where(reviews.c.review_id == review_id)).first() is None:
             raise FeedbackError(f"no labelled review {review_id!r}; `sentiment reviews` lists recent ids")

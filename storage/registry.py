@@ -13,9 +13,12 @@ in ``promotion_decision``, promoted or not; rollbacks are recorded there too.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import re
 import shutil
+import stat
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -137,10 +140,41 @@ class Decision:
     forced: bool = False
 
 
+# --- containment --------------------------------------------------------------------------------------
+
+def contained(version: str, artifact_dir: Path, store: Path) -> Path:
+    """The artifact's real path, if it lies inside the model store; else RegistryError.
+
+    A ``model_version`` row is data: whoever can write it could name any directory, and loading a
+    model runs what it ships. Links and ``..`` are resolved before the check, so neither leads out.
+    A missing artifact is still returned (its path resolved): callers report it as not readable here.
+    """
+    root = store.resolve()
+    try:
+        real = artifact_dir.resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        raise RegistryError(f"{version}: artifact {artifact_dir} cannot be resolved ({e}); republish it") from None
+    if real == root or not real.is_relative_to(root):
+        raise RegistryError(f"{version}: artifact {artifact_dir} resolves to {real}, outside the model store {root}; "
+                            "only models copied there by `sentiment models publish` are served (republish it, or "
+                            "set SENTIMENT_REGISTRY__STORE_DIR to the store it was published to)")
+    return real
+
+
 # --- reads --------------------------------------------------------------------------------------------
 
-def production(engine: Engine) -> ModelRef | None:
-    """The production version (one indexed row lookup: workers call this every few seconds)."""
+def production(engine: Engine, store: Path) -> ModelRef | None:
+    """The production version (one indexed row lookup: workers call this every few seconds).
+
+    Its artifact is checked to lie inside ``store`` (the model store) before a loader sees it.
+    """
+    with engine.connect() as conn:
+        ref = _production(conn)
+    return ModelRef(ref.version, contained(ref.version, ref.artifact_dir, store)) if ref else None
+
+
+def production_record(engine: Engine) -> ModelRef | None:
+    """The production row as written, its artifact unchecked: for decisions and names, never for loading."""
     with engine.connect() as conn:
         return _production(conn)
 
@@ -197,15 +231,16 @@ def save_evaluation(engine: Engine, version: str, eval_set: str, metrics: dict[s
         conn.execute(stmt)
 
 
-def score(engine: Engine, ref: ModelRef, eval_set: str, metric: str, evaluate: Evaluator) -> float:
-    """The version's metric on the set: stored if known, else evaluated now and stored."""
+def score(engine: Engine, ref: ModelRef, eval_set: str, metric: str, evaluate: Evaluator, store: Path) -> float:
+    """The version's metric on the set: stored if known, else evaluated now (inside ``store`` only) and stored."""
     metrics = evaluation(engine, ref.version, eval_set)
     if metrics is None:
-        if not is_model_dir(ref.artifact_dir):
+        artifact = contained(ref.version, ref.artifact_dir, store)
+        if not is_model_dir(artifact):
             raise RegistryError(f"{ref.version}: artifact {ref.artifact_dir} is missing, so it cannot be scored on "
                                 f"{eval_set!r}; restore the model store or promote with --force")
         log.info("scoring %s on %s", ref.version, eval_set)
-        metrics = evaluate(ref.artifact_dir, eval_set)
+        metrics = evaluate(artifact, eval_set)
         save_evaluation(engine, ref.version, eval_set, metrics)
     if metric not in metrics:
         raise RegistryError(f"metric {metric!r} unknown; use one of {', '.join(METRICS)}")
@@ -214,11 +249,77 @@ def score(engine: Engine, ref: ModelRef, eval_set: str, metric: str, evaluate: E
 
 # --- writes -------------------------------------------------------------------------------------------
 
+def _model_dir(path: Path) -> Path:
+    """A run directory (with model/) or a model directory itself, with nothing but files and folders below it."""
+    model_dir = find_model_dir(path)
+    _refuse_links(model_dir, path)
+    return model_dir
+
+
+def _refuse_links(model_dir: Path, run_dir: Path) -> None:
+    """Fail before anything is read if the model directory holds a symlink or anything but files and folders.
+
+    The path the user named may itself be a link (``runs/latest``); nothing below it may be one.
+    """
+    if model_dir != run_dir and model_dir.is_symlink():
+        raise _not_regular(model_dir, "is a symbolic link")
+    for folder, dirs, files in os.walk(model_dir):  # does not follow links to folders
+        for name in dirs + files:
+            entry = Path(folder) / name
+            mode = entry.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                raise _not_regular(entry, "is a symbolic link")
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise _not_regular(entry, "is not a regular file")
+
+
+def _not_regular(entry: Path, what: str) -> RegistryError:
+    return RegistryError(f"{entry} {what}; publish copies regular files only: replace it with the file it stands "
+                         "for, or remove it, and publish again")
+
+
+def _copy_regular(src: Path, dst: Path) -> None:
+    """Copy a model directory, refusing links and special files even if one appears while copying.
+
+    Each entry is opened with O_NOFOLLOW relative to its folder's descriptor and checked with fstat, so
+    a file swapped for a link (say to a system file) after ``_refuse_links`` is never read into the store.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+    def copy_dir(dir_fd: int, shown: Path, out: Path) -> None:
+        out.mkdir()
+        with os.scandir(dir_fd) as it:
+            names = sorted(e.name for e in it)
+        for name in names:
+            try:
+                fd = os.open(name, flags | os.O_NONBLOCK, dir_fd=dir_fd)
+            except OSError as e:  # ELOOP: a symbolic link
+                raise _not_regular(shown / name, "is a symbolic link" if e.errno == errno.ELOOP
+                                   else f"cannot be opened ({e.strerror})") from None
+            try:
+                mode = os.fstat(fd).st_mode
+                if stat.S_ISDIR(mode):
+                    copy_dir(fd, shown / name, out / name)
+                elif stat.S_ISREG(mode):
+                    with open(fd, "rb", closefd=False) as reader, open(out / name, "xb") as writer:
+                        shutil.copyfileobj(reader, writer, 1 << 20)
+                else:
+                    raise _not_regular(shown / name, "is not a regular file")
+            finally:
+                os.close(fd)
+
+    top = os.open(src, flags | os.O_DIRECTORY)
+    try:
+        copy_dir(top, src, dst)
+    finally:
+        os.close(top)
+
+
 def publish(engine: Engine, run_dir: Path, store_dir: Path, eval_set: str, version: str | None = None, *,
             evaluate: Evaluator) -> VersionInfo:
     """Copy a run's model into the store, score it on ``eval_set`` and register it as a candidate."""
-    src = find_model_dir(run_dir)
-    run = RunInfo.read(src)
+    src = _model_dir(Path(run_dir).resolve())  # the path named may be a link (runs/latest); nothing below it
+    run = RunInfo.read(src, strict=True)
     version = version or run.run_id or (src.parent.name if src.name == "model" else src.name)
     if not _VERSION_RE.match(version):
         raise RegistryError(f"version {version!r}: use letters, digits, '.', '_' or '-' (pass --version)")
@@ -231,8 +332,8 @@ def publish(engine: Engine, run_dir: Path, store_dir: Path, eval_set: str, versi
     if target.exists():
         raise RegistryError(f"{target} exists but is not registered (an interrupted publish?); remove it and retry")
     tmp = store_dir / f".tmp-{version}-{uuid.uuid4().hex[:6]}"
-    shutil.copytree(src, tmp)
     try:
+        _copy_regular(src, tmp)
         tmp.rename(target)  # atomic: the store never holds half a model under a version's name
         metrics = evaluate(target, eval_set)
         with engine.begin() as conn:

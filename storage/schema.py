@@ -31,7 +31,7 @@ review_sentiment = Table(
     Column("review_id", Text, primary_key=True),
     Column("text", Text, nullable=False),
     Column("source", Text, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), primary_key=True),  # the partition key (months)
     Column("label", Text, nullable=False),
     Column("score", REAL, nullable=False),
     Column("p_negative", REAL, nullable=False),
@@ -47,4 +47,12 @@ review_sentiment = Table(
     Index("review_sentiment_created_at", "created_at"),
     Index("review_sentiment_source_created_at", "source", "created_at"),
     Index("review_sentiment_model_version", "model_version"),
+)
+
+# The claim of a review id (migration 0006): unique across review_sentiment's partitions, one per row.
+review_key = Table(
+    "review_key",
+    metadata,
+    Column("review_id", Text, primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )

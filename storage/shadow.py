@@ -16,7 +16,7 @@ not a count of reviews.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -127,14 +127,20 @@ def _deployment(row) -> ShadowDeployment:
                             Path(artifact) if artifact else None)
 
 
-def active(engine: Engine) -> ShadowDeployment | None:
-    """The active shadow deployment with its artifact (one indexed row: workers call this every few seconds)."""
+def active(engine: Engine, store: Path) -> ShadowDeployment | None:
+    """The active shadow deployment with its artifact (one indexed row: workers call this every few seconds).
+
+    The artifact is checked to lie inside ``store`` (the model store) before a loader sees it.
+    """
     sd, mv = shadow_deployment, registry.model_version
     query = (select(sd, mv.c.artifact_dir).join(mv, mv.c.version == sd.c.candidate)
              .where(sd.c.stopped_at.is_(None)))
     with engine.connect() as conn:
         row = conn.execute(query).first()
-    return _deployment(row) if row else None
+    dep = _deployment(row) if row else None
+    if dep is None or dep.artifact_dir is None:
+        return dep
+    return replace(dep, artifact_dir=registry.contained(dep.candidate, dep.artifact_dir, store))
 
 
 def deployments(engine: Engine, candidate: str | None = None) -> list[ShadowDeployment]:

@@ -15,6 +15,11 @@ a worker with a pinned dir does not shadow.
 
 With ``overlap_io`` (default: on with a GPU) batch N is stored on a second thread while batch N+1 is
 labelled; acknowledgements still happen in order, each only after its batch is stored.
+
+Nothing escapes the agent loop (faust's supervisor would restart the agent and skip the batch in hand):
+a record's own failure is dead-lettered inside ``BatchProcessor``; anything else ends the process with
+one log line and exit code 70 before the batch is acknowledged (``stream.shutdown.die``). SIGTERM ends a
+worker within ``session_timeout_s`` whatever it is doing (``stream.shutdown.Lifeline``).
 """
 
 from __future__ import annotations
@@ -24,23 +29,27 @@ import logging
 import tempfile
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NoReturn
 
 import faust
 from sqlalchemy import Engine
 
 from sentiment_model.predictor import predictor_from_settings
+from storage import partitions
 from storage.db import get_engine, is_transient, safe_address
 from storage.registry import ModelRef
 from stream import metrics
 from stream.dlq import DeadLetterWriter
 from stream.drift import DriftMonitor, refresh_starter
-from stream.events import RawRecord
+from stream.events import RawRecord, describe
 from stream.pipeline import BatchProcessor, BatchResult, ModelFollower, Retrier, Stopping
 from stream.services import redis_address, trend_counters
 from stream.serving import registry_production, serving_model
 from stream.settings import Settings
+from stream.shutdown import Lifeline, die, end_process
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +60,8 @@ def _startup_model(settings: Settings, engine: Engine, retrier: Retrier) -> Mode
 
     def production() -> ModelRef | None:
         try:
-            return retrier("Postgres (model registry)", lambda: registry_production(engine), is_transient)
+            return retrier("Postgres (model registry)", lambda: registry_production(engine, settings.model_store()),
+                           is_transient)
         except sa_exc.ProgrammingError:
             log.warning("no model registry in Postgres yet (run `sentiment init`); using %s/current",
                         settings.models_dir)
@@ -62,9 +72,10 @@ def _startup_model(settings: Settings, engine: Engine, retrier: Retrier) -> Mode
 
 def build_processor(settings: Settings, stop: threading.Event) -> BatchProcessor:
     m = settings.model
-    pg_url = settings.postgres.url.get_secret_value()
+    pg_url = settings.postgres.dsn("worker")  # inserts reviews and shadow rows, reads the registry
     engine = get_engine(pg_url)
     retrier = Retrier(settings.worker.retry_max_backoff_s, stop)
+    partitions.start_maintenance(engine, stop)  # months ahead and retention, through the operator's functions
     start = _startup_model(settings, engine, retrier)
     predictor = predictor_from_settings(m, start.artifact_dir, start.version)
     follower = None
@@ -75,11 +86,11 @@ def build_processor(settings: Settings, stop: threading.Event) -> BatchProcessor
         from storage import shadow
 
         follower = ModelFollower(
-            production=lambda: registry_production(engine),
+            production=lambda: registry_production(engine, settings.model_store()),
             load=lambda ref: predictor_from_settings(m, ref.artifact_dir, ref.version),
             interval_s=settings.worker.reload_interval_s,
             on_swap=metrics.set_model,
-            shadow=lambda: shadow.active(engine),
+            shadow=lambda: shadow.active(engine, settings.model_store()),
             on_shadow=metrics.set_shadow,
         )
         log.info("following the model registry's production version (checked every %.0fs)",
@@ -111,8 +122,21 @@ def _raw(event: faust.types.EventT) -> RawRecord:
     return RawRecord(m.topic, m.partition, m.offset, ts, m.key, m.value)
 
 
-def create_app(settings: Settings) -> faust.App:
+def _fatal(what: str, error: BaseException) -> NoReturn:
+    """End the process for an error no record explains: one line saying what failed, and where."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
+    die(f"{what}: {describe(error)}{where}")
+
+
+def stop_deadline(settings: Settings) -> float:
+    """Seconds a stop may take before the process ends anyway: within the session timeout."""
+    return max(1.0, settings.worker.session_timeout_s - 1.0)
+
+
+def create_app(settings: Settings, lifeline: Lifeline | None = None) -> faust.App:
     w, k = settings.worker, settings.kafka
+    lifeline = lifeline or Lifeline(stop_deadline(settings))
     datadir = Path(tempfile.gettempdir()) / "sentiment-faust" / w.app_id  # no tables: nothing to keep
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -127,12 +151,13 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=min(3.0, w.session_timeout_s / 3),
         web_enabled=False,  # metrics come from stream.metrics; faust's web server is not needed
         stream_buffer_maxsize=max(4 * w.batch_max, 1024),
+        stream_wait_empty=False,  # a stop does not wait for unacknowledged events: they are replayed
     )
     topic = app.topic(k.reviews_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw")
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")  # judge + label (+ store)
     store_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")  # store, with overlap_io
-    stop = threading.Event()
+    stop = lifeline.stop
     state: dict[str, BatchProcessor] = {}
 
     def observe(events: list[faust.types.EventT], records: list[RawRecord], result: BatchResult) -> None:
@@ -149,26 +174,47 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(topic, concurrency=1)
     async def classify(stream: faust.StreamT) -> None:
         loop = asyncio.get_running_loop()
-        if "processor" not in state:
-            state["processor"] = await loop.run_in_executor(executor, build_processor, settings, stop)
-            metrics.serve(w.metrics_port)
-            metrics.set_model(state["processor"].predictor.version)
+        try:
+            if "processor" not in state:
+                state["processor"] = await loop.run_in_executor(executor, build_processor, settings, stop)
+                metrics.serve(w.metrics_port, w.metrics_address)
+                metrics.set_model(state["processor"].predictor.version)
+        except Stopping:
+            return
+        except Exception as e:
+            _fatal("the worker cannot start", e)
         processor = state["processor"]
         overlap = w.overlap_io == "on" or (w.overlap_io == "auto" and processor.predictor.device.type == "cuda")
         log.info("micro-batches of up to %d events; storing %s labelling", w.batch_max,
                  "overlapped with" if overlap else "after")
 
         async def store_and_ack(events: list[faust.types.EventT], records: list[RawRecord], labelled) -> None:
-            result = await loop.run_in_executor(store_executor if overlap else executor, processor.store, labelled)
-            for event in events:
-                await stream.ack(event)
-            observe(events, records, result)
+            try:
+                result = await loop.run_in_executor(store_executor if overlap else executor, processor.store,
+                                                    labelled)
+                for event in events:
+                    await stream.ack(event)
+            except Stopping:
+                raise
+            except Exception as e:
+                _fatal("a batch cannot be stored", e)
+            lifeline.in_flight -= 1
+            try:
+                observe(events, records, result)
+            except Exception as e:  # metrics are a by-product: the batch is stored and acknowledged
+                log.warning("cannot record a batch's metrics (%s)", describe(e, 200))
 
         pending: asyncio.Future[None] | None = None  # the previous batch's store (overlap_io only)
         try:
             async for events in stream.noack_take(w.batch_max, within=w.batch_within_s):
-                records = [_raw(e) for e in events]
-                labelled = await loop.run_in_executor(executor, processor.label, records)
+                lifeline.in_flight += 1
+                try:
+                    records = [_raw(e) for e in events]
+                    labelled = await loop.run_in_executor(executor, processor.label, records)
+                except Stopping:
+                    raise
+                except Exception as e:
+                    _fatal("a batch cannot be labelled", e)
                 if pending is not None:  # one store in flight at most; acks stay in batch order
                     await pending
                     pending = None
@@ -178,6 +224,8 @@ def create_app(settings: Settings) -> faust.App:
                     await store_and_ack(events, records, labelled)
         except Stopping:
             log.warning("stopping with a batch unacknowledged; it will be replayed")
+        except Exception as e:  # faust's own stream machinery: nothing may escape to its supervisor
+            _fatal("the stream failed", e)
         finally:
             if pending is not None and not pending.done():
                 pending.cancel()
@@ -204,7 +252,27 @@ def wait_for_kafka(settings: Settings, max_backoff_s: float = 15.0) -> None:
         delay = min(delay * 2, max_backoff_s)
 
 
+class _Worker(faust.Worker):
+    """faust's worker, with SIGTERM/SIGINT also arming the stop deadline (``Lifeline``)."""
+
+    lifeline: Lifeline
+
+    def _on_sigterm(self) -> None:
+        self.lifeline.request_stop("SIGTERM")
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self.lifeline.request_stop("SIGINT")
+        super()._on_sigint()
+
+
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     wait_for_kafka(settings)
-    app = create_app(settings)
-    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    lifeline = Lifeline(stop_deadline(settings))
+    app = create_app(settings, lifeline)
+    worker = _Worker(app, loglevel=loglevel, quiet=True)
+    worker.lifeline = lifeline
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as e:  # faust has stopped and committed: end now (see stream.shutdown)
+        end_process(e.code if isinstance(e.code, int) else int(e.code is not None))

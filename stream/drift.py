@@ -81,7 +81,7 @@ def drift_score(bucket: TrendBucket, reference: ReferenceProfile, version: str, 
 class DriftMonitor:
     """A worker's drift check: after stored batches, at most every ``interval_s``, scores the latest hour.
 
-    The score is kept in Redis (``P:drift:h``) for the CLI and the dashboard and reported to
+    The score is kept in Redis (``P:{drift}:h``) for the CLI and the dashboard and reported to
     ``on_score`` (the Prometheus gauges). The first time an hour crosses the threshold it logs a warning
     and calls ``on_drift`` (which may start a refresh). Drift trouble never stops the stream.
     """

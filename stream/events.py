@@ -15,14 +15,24 @@ Rules:
 - ``created_at`` (optional, default: the Kafka record timestamp): ISO 8601 string or Unix epoch
   seconds; naive times are UTC; from 2000-01-01 up to one day ahead of now.
 - ``metadata`` (optional): a JSON object of at most ``worker.max_metadata_bytes`` bytes. Any other
-  top-level field is kept in ``metadata`` rather than dropped.
+  top-level field is kept in ``metadata`` rather than dropped. Postgres must be able to store it as
+  jsonb: no NUL and no lone surrogate in any key or string, no NaN or Infinity.
 
-A record that breaks a rule is dead-lettered with a reason code (see ``Rejection``).
+Limits that bound the work a hostile record can cause, checked before or while parsing: a value of at
+most ``MAX_RECORD_BYTES`` bytes, JSON nested at most ``MAX_JSON_DEPTH`` levels, integers of at most
+``MAX_INT_DIGITS`` digits, numbers finite (``NaN``, ``Infinity`` and overflowing literals such as
+``1e400`` are refused). A key given twice keeps its last value (as Postgres jsonb does); a leading
+UTF-8 byte order mark is ignored.
+
+A record that breaks a rule is dead-lettered with a reason code (see ``Rejection``); ``parse_record``
+never raises, whatever the bytes.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,6 +42,101 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 FUTURE_SLACK = timedelta(days=1)
 KNOWN_FIELDS = {"review_id", "text", "source", "created_at", "metadata"}
+MAX_RECORD_BYTES = 1_536 * 1024  # above the reviews topic's 1 MB record limit, below the dead-letter topic's
+MAX_JSON_DEPTH = 64  # nested objects/arrays, the top-level object included
+MAX_INT_DIGITS = 4300  # Python's own int/str conversion limit (sys.get_int_max_str_digits)
+_ESCAPE = re.compile(r"\\.", re.S)
+_STRING = re.compile(r'"[^"]*"')  # once escapes are gone, every quote in valid JSON delimits a string
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+class NonFinite:
+    """A number JSON cannot carry (NaN, Infinity, 1e400): parsed as this so that validation names the field."""
+
+    def __init__(self, literal: str) -> None:
+        self.literal = literal[:40]
+
+    def __repr__(self) -> str:
+        return f"non-finite number {self.literal}"
+
+
+def _parse_int(literal: str) -> int:
+    if len(literal) - literal.startswith("-") > MAX_INT_DIGITS:
+        raise ValueError(f"an integer has more than {MAX_INT_DIGITS} digits")
+    return int(literal)
+
+
+def _parse_float(literal: str) -> float | NonFinite:
+    value = float(literal)
+    return value if math.isfinite(value) else NonFinite(literal)
+
+
+def _too_deep(text: str, limit: int) -> bool:
+    """True when brackets outside strings nest deeper than ``limit`` (linear time, no recursion)."""
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", _ESCAPE.sub("", text)))
+    if len(brackets) <= limit:
+        return False
+    depth = 0
+    for c in brackets:
+        depth += 1 if c in "[{" else -1
+        if depth > limit:
+            return True
+    return False
+
+
+def load_json(text: str) -> Any:
+    """``json.loads`` within the limits above; raises ValueError (or RecursionError) when out of them."""
+    if _too_deep(text, MAX_JSON_DEPTH):
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=NonFinite)
+
+
+def storage_problem(value: Any, where: str = "metadata") -> Rejection | None:
+    """Why Postgres (jsonb) cannot store a parsed JSON value, or None. Iterative: any depth is safe here."""
+    stack: list[tuple[str, Any, int]] = [(where, value, 1)]
+    while stack:
+        path, v, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return Rejection("validation_error", f"{path}: nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(v, dict):
+            for k, item in v.items():
+                if not isinstance(k, str):
+                    return Rejection("validation_error", f"{path}: a key is not a string")
+                problem = _string_problem(k)
+                if problem is not None:
+                    return Rejection(problem[0], f"{path}: a key {problem[1]}")
+                stack.append((f"{path}.{k[:40]}", item, depth + 1))
+        elif isinstance(v, list):
+            stack.extend((f"{path}[{i}]", item, depth + 1) for i, item in enumerate(v))
+        elif isinstance(v, str):
+            problem = _string_problem(v)
+            if problem is not None:
+                return Rejection(problem[0], f"{path} {problem[1]}")
+        elif isinstance(v, NonFinite) or isinstance(v, float) and not math.isfinite(v):
+            return Rejection("validation_error", f"{path}: NaN and Infinity are not JSON numbers")
+        elif not (v is None or isinstance(v, bool | int | float)):
+            return Rejection("validation_error", f"{path}: {type(v).__name__} is not a JSON value")
+    return None
+
+
+def _string_problem(s: str) -> tuple[str, str] | None:
+    """(reason, detail) when Postgres cannot store the string: NUL, or a lone surrogate (not UTF-8)."""
+    if "\x00" in s:
+        return "nul_character", "contains NUL (\\u0000)"
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return "invalid_unicode", "holds a lone surrogate (\\ud800-\\udfff)"
+    return None
+
+
+def describe(error: BaseException, limit: int = 500) -> str:
+    """``Type: message`` of an exception, bounded, never raising (the message may come from hostile data)."""
+    try:
+        message = str(error)
+    except Exception:
+        message = "(unprintable)"
+    return f"{type(error).__name__}: {message}"[:limit]
 
 
 class ReviewEvent(BaseModel):
@@ -79,7 +184,11 @@ class ReviewEvent(BaseModel):
     def _parse_time(cls, v: Any) -> Any:
         if isinstance(v, bool):
             raise ValueError("created_at must be an ISO 8601 string or epoch seconds")
-        if isinstance(v, int | float):
+        if isinstance(v, NonFinite):
+            raise ValueError("created_at must be a finite number")
+        if isinstance(v, int | float):  # range first: fromtimestamp overflows on 1e20 or -1e308
+            if not EARLIEST.timestamp() <= v <= (datetime.now(UTC) + FUTURE_SLACK).timestamp():
+                raise ValueError(f"created_at {v!r:.40} is before 2000 or more than a day ahead")
             return datetime.fromtimestamp(v, tz=UTC)
         return v
 
@@ -118,6 +227,11 @@ class Rejection:
     reason: str
     detail: str
 
+    @classmethod
+    def failure(cls, stage: str, error: BaseException) -> Rejection:
+        """A record whose handling raised: the reason names the stage and the exception type."""
+        return cls(f"{stage}_failed:{type(error).__name__}"[:120], describe(error))
+
 
 @dataclass(frozen=True)
 class ValidEvent:
@@ -128,18 +242,29 @@ class ValidEvent:
     metadata: dict[str, Any]
 
 
-def parse_record(record: RawRecord, max_text_chars: int, max_metadata_bytes: int) -> ValidEvent | Rejection:
+def parse_record(record: RawRecord, max_text_chars: int, max_metadata_bytes: int,
+                 max_record_bytes: int = MAX_RECORD_BYTES) -> ValidEvent | Rejection:
     """Judge one raw record. Never raises: anything unusable becomes a Rejection."""
+    try:
+        return _judge(record, max_text_chars, max_metadata_bytes, max_record_bytes)
+    except Exception as e:  # a rule this module forgot: still one record's problem, never the worker's
+        return Rejection.failure("judge", e)
+
+
+def _judge(record: RawRecord, max_text_chars: int, max_metadata_bytes: int, max_record_bytes: int
+           ) -> ValidEvent | Rejection:
     if not record.value:
         return Rejection("empty_message", "the record has no value")
+    if len(record.value) > max_record_bytes:
+        return Rejection("record_too_large", f"value is {len(record.value)} bytes; the limit is {max_record_bytes}")
     try:
-        raw_text = record.value.decode("utf-8")
+        raw_text = record.value.decode("utf-8-sig")  # a leading BOM is ignored, as RFC 8259 allows
     except UnicodeDecodeError as e:
         return Rejection("invalid_utf8", f"value is not UTF-8: {e}")
     try:
-        obj = json.loads(raw_text)
-    except (json.JSONDecodeError, RecursionError) as e:
-        return Rejection("invalid_json", f"value is not JSON: {e}")
+        obj = load_json(raw_text)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError, so are the limits
+        return Rejection("invalid_json", f"value is not JSON within the limits: {describe(e, 300)}")
     if not isinstance(obj, dict):
         return Rejection("not_an_object", f"value must be a JSON object, got {type(obj).__name__}")
     extra = {k: obj.pop(k) for k in list(obj) if k not in KNOWN_FIELDS}
@@ -151,27 +276,24 @@ def parse_record(record: RawRecord, max_text_chars: int, max_metadata_bytes: int
         event = ReviewEvent.model_validate(obj)
     except ValidationError as e:
         first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "value"
-        return Rejection("validation_error", f"{where}: {first['msg']}")
+        where = ".".join(str(p) for p in first["loc"])[:200] or "value"
+        return Rejection("validation_error", f"{where}: {str(first['msg'])[:300]}")
     if len(event.text) > max_text_chars:
         return Rejection("text_too_long", f"text has {len(event.text)} characters; the limit is {max_text_chars}")
-    # Postgres text/jsonb cannot hold NUL or lone surrogates; check everything we will store at once.
-    stored = json.dumps([event.review_id, event.text, event.source, event.metadata], ensure_ascii=False)
-    if "\x00" in stored or "\\u0000" in stored:
-        return Rejection("nul_character", "text, id, source and metadata must not contain NUL (\\u0000)")
-    try:
-        encoded_metadata = json.dumps(event.metadata, ensure_ascii=False).encode("utf-8")
-        stored.encode("utf-8")
-    except UnicodeEncodeError:
-        return Rejection("invalid_unicode", "a string holds a lone surrogate (\\ud800-\\udfff)")
+    # Postgres text/jsonb cannot hold NUL or lone surrogates (nor jsonb NaN): check all we store.
+    for where, value in (("review_id", event.review_id), ("text", event.text), ("source", event.source)):
+        problem = _string_problem(value) if value is not None else None
+        if problem is not None:
+            return Rejection(problem[0], f"{where} {problem[1]}")
+    rejection = storage_problem(event.metadata)
+    if rejection is not None:
+        return rejection
+    encoded_metadata = json.dumps(event.metadata, ensure_ascii=False).encode("utf-8")
     if len(encoded_metadata) > max_metadata_bytes:
         return Rejection(
             "metadata_too_large", f"metadata is {len(encoded_metadata)} bytes; the limit is {max_metadata_bytes}"
         )
-    created_at = event.created_at
-    if created_at is None:
-        ts = record.timestamp_ms
-        created_at = datetime.fromtimestamp(ts / 1000, tz=UTC) if ts and ts > 0 else datetime.now(UTC)
+    created_at = event.created_at or _record_time(record.timestamp_ms)
     return ValidEvent(
         review_id=event.review_id or record.position,
         text=event.text,
@@ -179,3 +301,11 @@ def parse_record(record: RawRecord, max_text_chars: int, max_metadata_bytes: int
         created_at=created_at,
         metadata=event.metadata,
     )
+
+
+def _record_time(ts_ms: int | None) -> datetime:
+    """The Kafka record's timestamp (set by the producer, so untrusted) when in range, else now."""
+    now = datetime.now(UTC)
+    if ts_ms is not None and EARLIEST.timestamp() * 1000 <= ts_ms <= (now + FUTURE_SLACK).timestamp() * 1000:
+        return datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+    return now

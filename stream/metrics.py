@@ -1,7 +1,8 @@
 """Worker metrics in the Prometheus text format (``SENTIMENT_WORKER__METRICS_PORT``, default 9108).
 
-Scrape ``http://127.0.0.1:9108/metrics``. Every worker process serves its own; with several workers on
-one machine give each its own port (a port already taken disables metrics with a warning).
+Scrape ``http://127.0.0.1:9108/metrics`` (``SENTIMENT_WORKER__METRICS_ADDRESS`` moves it off loopback, e.g.
+0.0.0.0 in a pod). Every worker process serves its own; with several workers on one machine give each its
+own port (a port already taken disables metrics with a warning).
 """
 
 from __future__ import annotations
@@ -43,15 +44,16 @@ DRIFT_CONFIDENCE = Gauge("sentiment_drift_confidence_drop", "Reference minus liv
 DRIFT_THRESHOLD = Gauge("sentiment_drift_threshold", "The drift score above which the worker warns")
 
 
-def serve(port: int) -> bool:
+def serve(port: int, address: str = "127.0.0.1") -> bool:
+    """Loopback by default; a pod sets ``SENTIMENT_WORKER__METRICS_ADDRESS=0.0.0.0`` for its probes and scrapers."""
     if port <= 0:
         return False
     try:
-        start_http_server(port, addr="127.0.0.1")
+        start_http_server(port, addr=address)
     except OSError as e:
-        log.warning("metrics disabled: cannot listen on 127.0.0.1:%d (%s)", port, e)
+        log.warning("metrics disabled: cannot listen on %s:%d (%s)", address, port, e)
         return False
-    log.info("metrics on http://127.0.0.1:%d/metrics", port)
+    log.info("metrics on http://%s:%d/metrics", address, port)
     return True
 
 

@@ -19,10 +19,12 @@ candidate that fails to load, to predict or to be recorded is dropped with a log
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import redis
@@ -30,6 +32,8 @@ from kafka.errors import KafkaError
 from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 
+from sentiment_model.artifact import is_model_dir
+from sentiment_model.labels import LABELS
 from sentiment_model.predictor import Prediction, Predictor, release_memory
 from storage.db import is_transient
 from storage.registry import ModelRef
@@ -40,7 +44,7 @@ from storage.shadow import record as record_shadow
 from storage.trends import TrendCounters
 from stream.dlq import DeadLetter, DeadLetterWriter
 from stream.drift import DriftMonitor
-from stream.events import RawRecord, Rejection, ValidEvent, parse_record
+from stream.events import RawRecord, Rejection, ValidEvent, describe, parse_record
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,6 +52,11 @@ T = TypeVar("T")
 
 class Stopping(Exception):
     """The worker is shutting down while a sink is still unavailable: leave the batch unacknowledged."""
+
+
+class Unpinned(Exception):
+    """A failure that no single record explains (a sink refusing everything, a bug): the worker must stop
+    without acknowledging the batch, so that a restarted worker replays it (``stream.app``)."""
 
 
 @dataclass
@@ -182,7 +191,7 @@ class ModelFollower:
             return None
         if current is not None and current.deployment.candidate == dep.candidate:
             return current if current.deployment == dep else Shadow(dep, current.predictor)  # e.g. a new share
-        if dep.artifact_dir is None or not (dep.artifact_dir / "config.json").exists():
+        if dep.artifact_dir is None or not is_model_dir(dep.artifact_dir):
             log.warning("shadow candidate %s: %s is not readable on this machine; not shadowing it", dep.candidate,
                         dep.artifact_dir)
             self._shadow_failed = dep.id
@@ -226,7 +235,8 @@ class Retrier:
 
 
 def _redis_transient(e: BaseException) -> bool:
-    return isinstance(e, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError)
+    return isinstance(e, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError | redis.OutOfMemoryError
+                      | redis.exceptions.ClusterDownError | redis.exceptions.TryAgainError)  # OOM: noeviction
 
 
 def _kafka_transient(e: BaseException) -> bool:
@@ -274,7 +284,10 @@ class BatchProcessor:
         valid: list[tuple[RawRecord, ValidEvent]] = []
         rejected: list[DeadLetter] = []
         for record in records:
-            judged = parse_record(record, self.max_text_chars, self.max_metadata_bytes)
+            try:
+                judged = parse_record(record, self.max_text_chars, self.max_metadata_bytes)
+            except Exception as e:  # parse_record never raises; if it ever does, it is still this record's
+                judged = Rejection.failure("judge", e)
             if isinstance(judged, Rejection):
                 rejected.append(DeadLetter.of(record, judged))
             else:
@@ -284,11 +297,14 @@ class BatchProcessor:
         predictor = self.predictor
         predictions = self._predict(predictor, valid, rejected)
         infer_s = time.perf_counter() - t0
-        pairs = [
-            (record, _labelled(record, event, pred, predictor.version))
-            for (record, event), pred in zip(valid, predictions, strict=True)
-            if pred is not None
-        ]
+        pairs: list[tuple[RawRecord, LabelledReview]] = []
+        for (record, event), pred in zip(valid, predictions, strict=True):
+            if pred is None:
+                continue
+            try:
+                pairs.append((record, _labelled(record, event, pred, predictor.version)))
+            except Exception as e:
+                rejected.append(DeadLetter.of(record, Rejection.failure("label", e)))
         shadow = self._shadow_label(pairs, infer_s) if self.shadow is not None and pairs else None
         return Labelled(pairs, rejected, infer_s, started, shadow)
 
@@ -302,13 +318,22 @@ class BatchProcessor:
         if rejected:
             self.retry(f"dead-letter topic {self.dead_letters.topic}", lambda: self.dead_letters.write(rejected),
                        _kafka_transient)
-        result.newly_counted = self.retry(f"Redis at {self.redis_address}", lambda: self.trends.count(stored),
-                                          _redis_transient)
+        countable = _countable(stored)
+        try:
+            result.newly_counted = self.retry(f"Redis at {self.redis_address}", lambda: self.trends.count(countable),
+                                              _redis_transient)
+        except Stopping:
+            raise
+        except Exception as e:  # one script counts the whole batch: no single record explains its failure
+            raise Unpinned(f"Redis at {self.redis_address} refused to count a batch ({describe(e, 200)})") from e
         if labelled.shadow is not None:
             self._store_shadow(labelled.shadow, {s.review_id for s in stored}, result)
         result.dead_lettered = len(rejected)
         if self.drift is not None:
-            self.drift.observe(stored)
+            try:
+                self.drift.observe(countable)
+            except Exception as e:  # drift is a by-product: it never holds up the stream
+                log.warning("drift: cannot observe a batch (%s)", describe(e, 200))
         result.total_s = time.perf_counter() - labelled.started
         return result
 
@@ -406,38 +431,112 @@ class BatchProcessor:
     @staticmethod
     def _predict(predictor: Predictor, valid: list[tuple[RawRecord, ValidEvent]], rejected: list[DeadLetter]
                  ) -> list[Prediction | None]:
-        """Label the batch; if the model fails on it, label one by one and dead-letter the culprits."""
+        """Label the batch; if the model fails on it, label one by one and dead-letter the culprits.
+
+        A prediction Postgres or Redis could not hold (a label outside LABELS, a NaN probability) counts as
+        the model failing on that text: it is checked here, before anything is stored or counted.
+        """
         texts = [event.text for _, event in valid]
         try:
-            return list(predictor.predict(texts))
+            batch = list(predictor.predict(texts))
+            if len(batch) != len(texts):
+                raise ValueError(f"{len(batch)} predictions for {len(texts)} texts")
+            problems = [_prediction_problem(p) for p in batch]
+            if not any(problems):
+                return batch
+            log.warning("model gave unusable predictions in a batch of %d; retrying one by one", len(texts))
         except Exception:
             log.exception("model failed on a batch of %d; retrying one by one", len(texts))
         out: list[Prediction | None] = []
         for record, event in valid:
             try:
-                out.append(predictor.predict([event.text])[0])
+                pred = list(predictor.predict([event.text]))[0]
+                problem = _prediction_problem(pred)
+                if problem is not None:
+                    raise ValueError(problem)
+                out.append(pred)
             except Exception as e:
-                rejected.append(DeadLetter.of(record, Rejection("model_error", f"{type(e).__name__}: {e}")))
+                rejected.append(DeadLetter.of(record, Rejection("model_error", describe(e))))
                 out.append(None)
         return out
 
     def _store(self, pairs: list[tuple[RawRecord, LabelledReview]], rejected: list[DeadLetter]
                ) -> list[StoredLabel]:
-        """Insert the batch; a row Postgres refuses is dead-lettered instead of blocking the stream."""
+        """Insert the batch; a row Postgres refuses (or that cannot be sent) is dead-lettered instead.
+
+        A failure that is about Postgres rather than the data (permissions, a missing table) is no row's
+        fault: it raises ``Unpinned`` instead of dead-lettering every row.
+        """
         what = f"Postgres at {self.postgres_address}"
         reviews = [review for _, review in pairs]
         try:
             return self.retry(what, lambda: insert_reviews(self.engine, reviews), is_transient)
-        except sa_exc.DBAPIError as e:
-            log.warning("Postgres refused the batch (%s); inserting row by row", type(e.orig).__name__)
+        except Stopping:
+            raise
+        except Exception as e:
+            if _about_postgres(e):
+                raise Unpinned(f"{what} refused a batch ({_db_detail(e)})") from e
+            log.warning("Postgres refused the batch (%s); inserting row by row", _db_detail(e))
         stored: list[StoredLabel] = []
         for record, review in pairs:
             try:
                 stored += self.retry(what, lambda r=review: insert_reviews(self.engine, [r]), is_transient)
-            except sa_exc.DBAPIError as e:
-                detail = str(e.orig).splitlines()[0] if e.orig else str(e)
-                rejected.append(DeadLetter.of(record, Rejection("storage_rejected", detail)))
+            except Stopping:
+                raise
+            except Exception as e:
+                if _about_postgres(e):
+                    raise Unpinned(f"{what} refused a row ({_db_detail(e)})") from e
+                db = isinstance(e, sa_exc.DBAPIError)
+                reason = "storage_rejected" if db else f"storage_failed:{type(e).__name__}"
+                rejected.append(DeadLetter.of(record, Rejection(reason, _db_detail(e))))
         return stored
+
+
+_DATA_SQLSTATES = ("22", "23", "54")  # data exception, integrity violation, program limit (e.g. index row size)
+
+
+def _about_postgres(e: BaseException) -> bool:
+    """True when Postgres refused for a reason no row explains (SQLSTATE outside the data classes)."""
+    if not isinstance(e, sa_exc.DBAPIError):
+        return False  # raised while building or sending one row's values (RecursionError, ValueError...)
+    sqlstate = getattr(e.orig, "sqlstate", None)
+    if sqlstate is None:  # raised by the driver before Postgres saw it: a value it cannot adapt, or a bug
+        return isinstance(e, sa_exc.ProgrammingError | sa_exc.InternalError | sa_exc.NotSupportedError)
+    return not str(sqlstate).startswith(_DATA_SQLSTATES)
+
+
+def _db_detail(e: BaseException) -> str:
+    orig = getattr(e, "orig", None)
+    if isinstance(e, sa_exc.StatementError) and isinstance(orig, BaseException):
+        first = describe(orig).splitlines()
+        return first[0] if first else type(orig).__name__
+    first = describe(e).splitlines()
+    return first[0] if first else type(e).__name__
+
+
+def _prediction_problem(p: Prediction) -> str | None:
+    """Why a prediction cannot be counted, or None (a label outside LABELS is Postgres's to refuse, per row)."""
+    if not isinstance(p.label, str):
+        return f"label is a {type(p.label).__name__}, not a string"
+    values = [p.score, *(p.probs[k] for k in LABELS)]
+    if not all(isinstance(v, int | float) and math.isfinite(v) and 0.0 <= v <= 1.0 for v in values):
+        return "a probability is not a finite number in [0, 1]"
+    return None
+
+
+_LATEST_COUNTABLE = datetime.max.replace(tzinfo=UTC) - timedelta(days=2)
+
+
+def _countable(rows: list[StoredLabel]) -> list[StoredLabel]:
+    """The stored rows as the Redis counter can take them, whoever wrote them (no NaN, no year 9999)."""
+    out = []
+    for row in rows:
+        if row.created_at > _LATEST_COUNTABLE:
+            log.warning("review %r: created_at %s cannot be bucketed; not counted", row.review_id[:80],
+                        row.created_at)
+            continue
+        out.append(row if math.isfinite(row.score) else replace(row, score=0.0))
+    return out
 
 
 def _labelled(record: RawRecord, event: ValidEvent, pred: Prediction, version: str) -> LabelledReview:

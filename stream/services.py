@@ -100,8 +100,10 @@ def check_kafka(settings: Settings) -> Health:
 
 def trend_counters(settings: Settings) -> TrendCounters:
     r = settings.redis
-    return TrendCounters.from_url(r.url.get_secret_value(), prefix=r.key_prefix, minute_ttl_s=r.minute_ttl_s,
-                                  hour_ttl_s=r.hour_ttl_s)
+    return TrendCounters.from_url(r.url.get_secret_value(), cluster=r.cluster, prefix=r.key_prefix,
+                                  minute_ttl_s=r.minute_ttl_s, hour_ttl_s=r.hour_ttl_s, seen_ttl_s=r.seen_ttl_s,
+                                  seen_shards=r.seen_shards, max_sources=r.max_sources,
+                                  overflow_source=r.overflow_source)
 
 
 def check_workers(settings: Settings) -> Health:
@@ -137,12 +139,14 @@ def check_model(settings: Settings) -> Health:
 
     def production() -> registry.ModelRef | None:
         try:
-            return registry.production(get_engine(settings.postgres.url.get_secret_value()))
+            return registry.production(get_engine(settings.postgres.url.get_secret_value()), settings.model_store())
         except SQLAlchemyError:
             return None  # no registry yet (or Postgres down: its own row says so)
 
     try:
         ref, source = serving_model(settings, production)
+    except registry.RegistryError as e:  # production's artifact lies outside the model store: never loaded
+        return Health("Model", str(settings.model_store()), False, str(e))
     except ModelNotFoundError as e:
         return Health("Model", str(settings.models_dir / "current"), False, str(e).split(":", 1)[0]
                       + " (run `make demo` or `sentiment train ...`)")

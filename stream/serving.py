@@ -42,11 +42,19 @@ def resolve_model_dir(settings: Settings) -> Path:
     )
 
 
-def registry_production(engine: Engine) -> ModelRef | None:
-    """The registry's production version whose artifact is readable here, else None."""
+def registry_production(engine: Engine, store: Path) -> ModelRef | None:
+    """The registry's production version whose artifact is inside ``store`` and readable here, else None.
+
+    A production row naming an artifact outside the store is refused with one warning, like one that is not
+    readable here: the caller falls back (a worker keeps serving, or starts on ``current``).
+    """
     from storage import registry
 
-    ref = registry.production(engine)
+    try:
+        ref = registry.production(engine, store)
+    except registry.RegistryError as e:
+        log.warning("production model refused: %s", e)
+        return None
     if ref is not None and not is_model_dir(ref.artifact_dir):
         log.warning("production model %s: %s is not readable on this machine (is the model store shared?)",
                     ref.version, ref.artifact_dir)
@@ -57,7 +65,7 @@ def registry_production(engine: Engine) -> ModelRef | None:
 def production_or_none(settings: Settings) -> ModelRef | None:
     """``registry_production``, or None when there is no registry yet or Postgres cannot be asked."""
     try:
-        return registry_production(get_engine(settings.postgres.url.get_secret_value()))
+        return registry_production(get_engine(settings.postgres.url.get_secret_value()), settings.model_store())
     except SQLAlchemyError:
         return None
 

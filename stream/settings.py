@@ -10,11 +10,14 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import make_url
 
 from sentiment_model.settings import ModelSettings
+from storage.roles import ROLE_USERS, Role
 
 
 class KafkaSettings(BaseModel):
@@ -62,15 +65,64 @@ class KafkaSettings(BaseModel):
 
 
 class PostgresSettings(BaseModel):
+    """One Postgres role per job (README "Security", ``storage.roles``). ``url`` is the operator's login (the
+    schema owner) and names the server, database and TLS options; the other roles log in to the same place."""
+
     url: SecretStr = SecretStr("postgresql+psycopg://sentiment:sentiment@127.0.0.1:5432/sentiment")
-    statement_timeout_ms: int = Field(30_000, ge=0, description="for read-only user queries")
+    password: SecretStr | None = Field(None, description="the operator's password; replaces the one in url")
+    worker_password: SecretStr = SecretStr("sentiment_worker")
+    reader_password: SecretStr = SecretStr("sentiment_reader")
+    feedback_password: SecretStr = SecretStr("sentiment_feedback")
+    statement_timeout_ms: int = Field(30_000, ge=0, description="for `sentiment sql` and the reader role; 0: none")
+    retention_days: int = Field(0, ge=0, description="drop each month of review_sentiment once all of it is older "
+                                "than this (set by `sentiment init`, applied hourly by the worker); 0: keep forever")
+
+    @model_validator(mode="after")
+    def _password_into_url(self) -> PostgresSettings:
+        """A separate password (from a secret store, any characters) goes into ``url``, which every operator
+        connection uses."""
+        if self.password is not None:
+            url = make_url(self.url.get_secret_value()).set(password=self.password.get_secret_value())
+            self.url = SecretStr(url.render_as_string(hide_password=False))
+        return self
+
+    def dsn(self, role: Role = "operator") -> str:
+        """The URL ``role`` logs in with: ``url`` for the operator (without a password there, libpq's PGPASSWORD
+        or ~/.pgpass applies), else ``url`` with that role's user name and password."""
+        if role == "operator":
+            return self.url.get_secret_value()
+        url = make_url(self.url.get_secret_value())
+        url = url.set(username=ROLE_USERS[role], password=getattr(self, f"{role}_password").get_secret_value())
+        return url.render_as_string(hide_password=False)
+
+    def role_dsns(self) -> dict[str, str]:
+        """The login URL of every role but the operator's, by role name (what `sentiment init` provisions)."""
+        return {ROLE_USERS[r]: self.dsn(r) for r in ROLE_USERS}
 
 
 class RedisSettings(BaseModel):
     url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
-    key_prefix: str = "sentiment"
+    cluster: bool = Field(False, description="url names one node of a Redis Cluster (database 0 only)")
+    key_prefix: str = Field("sentiment", pattern=r"^[^{}]+$", description="no braces: they mark cluster hash tags")
     minute_ttl_s: int = Field(48 * 3600, ge=60, description="how long per-minute buckets live")
     hour_ttl_s: int = Field(35 * 24 * 3600, ge=3600, description="how long per-hour buckets live")
+    seen_ttl_s: int = Field(8 * 24 * 3600, ge=3600, description=(
+        "how long counted review ids are kept (after their hour): keep >= the reviews topic's retention "
+        "(Kafka's default 7 days); older reviews are stored but not counted"))
+    seen_shards: int = Field(8192, ge=1, le=1 << 20, description=(
+        "seen sets per hour; keep reviews per hour / shards <= 512 for 8 bytes per id (README)"))
+    max_sources: int = Field(1000, ge=1, description="distinct sources per bucket; more count as overflow_source")
+    overflow_source: str = Field("(other)", min_length=1, description="the source name past max_sources")
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster_has_database_0_only(cls, cluster: bool, info: ValidationInfo) -> bool:
+        """Checked on ``cluster`` (after ``url``) so that the error never echoes the URL and its password."""
+        url = info.data.get("url")
+        if cluster and url is not None and urlsplit(url.get_secret_value()).path.strip("/") not in ("", "0"):
+            raise ValueError("SENTIMENT_REDIS__URL must name database 0 (or none) with SENTIMENT_REDIS__CLUSTER=true: "
+                             "a Redis Cluster has no other database")
+        return cluster
 
 
 class WorkerSettings(BaseModel):
@@ -81,7 +133,9 @@ class WorkerSettings(BaseModel):
     max_metadata_bytes: int = Field(16_384, ge=0, description="larger metadata is dead-lettered")
     retry_max_backoff_s: float = Field(30.0, gt=0, description="longest wait between retries of a sink")
     session_timeout_s: float = Field(30.0, ge=6, description="a dead worker's partitions move after this")
-    metrics_port: int = Field(9108, ge=0, description="Prometheus metrics on 127.0.0.1; 0 disables them")
+    metrics_port: int = Field(9108, ge=0, description="Prometheus metrics on metrics_address; 0 disables them")
+    metrics_address: str = Field(
+        "127.0.0.1", description="interface the metrics listen on; 0.0.0.0 in a pod, so the kubelet's probes reach it")
     reload_interval_s: float = Field(
         5.0, gt=0, description="how often (between batches) the worker asks the registry for the production model")
     overlap_io: Literal["auto", "on", "off"] = Field(
@@ -108,6 +162,13 @@ class DriftSettings(BaseModel):
     refresh_cooldown_s: int = Field(6 * 3600, ge=60, description="at most one drift-triggered refresh this often")
 
 
+class DashboardSettings(BaseModel):
+    corrections_enabled: bool = Field(
+        False, description="show the label-correction form on the Reviews page. Anyone who reaches the dashboard "
+                           "can then save corrections that `sentiment refresh` trains on: enable only on a trusted "
+                           "network")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SENTIMENT_", env_nested_delimiter="__", env_file=".env", extra="ignore"
@@ -120,6 +181,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     registry: RegistrySettings = RegistrySettings()
     drift: DriftSettings = DriftSettings()
+    dashboard: DashboardSettings = DashboardSettings()
     models_dir: Path = Field(Path("models"), description="where trained and demo models are kept")
 
     def model_store(self) -> Path:

@@ -12,7 +12,8 @@ from sqlalchemy import select
 
 from storage.db import get_engine
 from storage.schema import review_sentiment as t
-from storage.trends import HOUR, MINUTE, TrendCounters
+from storage.trends import HOUR, MINUTE
+from stream.services import trend_counters
 from stream.settings import Settings
 
 FIGURES: list[dict] = []  # fault-test figures, printed at the end of the pytest run
@@ -32,7 +33,7 @@ def rows_for(settings: Settings, uid: str) -> list:
 
 
 def assert_redis_matches_sql(settings: Settings, uid: str) -> None:
-    counters = TrendCounters.from_url(settings.redis.url.get_secret_value(), prefix=settings.redis.key_prefix)
+    counters = trend_counters(settings)  # the worker's own Redis settings (a cluster too)
     rows = rows_for(settings, uid)
     for resolution, width in ((MINUTE, 120), (HOUR, 3)):
         for source in {r.source for r in rows}:

@@ -42,20 +42,24 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def migrated_db() -> str:
-    """The test database, migrated to head once per session."""
+    """The test database, migrated to head once per session; its roles set up as `sentiment init` does."""
     from storage.migrate import upgrade
+    from storage.roles import provision
+    from stream.settings import PostgresSettings
 
+    pg = PostgresSettings(url=TEST_DB_URL)
+    provision(pg.dsn(), pg.role_dsns(), pg.statement_timeout_ms)
     upgrade(TEST_DB_URL)
     return TEST_DB_URL
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def pg_url(migrated_db: str) -> str:
     """The migrated test database's URL (shared by the tests: use per-test ids)."""
     return migrated_db
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # session: usable with Hypothesis' @given
 def redis_url() -> str:
     """The test Redis database's URL (shared by the tests: use a per-test key prefix)."""
     return TEST_REDIS_URL

@@ -64,6 +64,7 @@ def fixed_scores(scores: dict[str, float], calls: list[tuple[str, str]] | None =
     return evaluate
 
 
-def lifecycle_settings(root: Path) -> Settings:
-    """Settings for the lifecycle calls (publish, promote, rollback): model store and `current` under ``root``."""
-    return Settings(registry={"store_dir": root / "store"}, models_dir=root / "models")
+def lifecycle_settings(root: Path, store: Path | None = None) -> Settings:
+    """Settings for the lifecycle calls (publish, promote, rollback): the `current` link under ``root``, the
+    model store ``store`` (default ``root/store``)."""
+    return Settings(registry={"store_dir": store or root / "store"}, models_dir=root / "models")

@@ -92,7 +92,7 @@ def test_after_refresh_promotes_classify_the_dashboard_and_a_running_worker_serv
 
     ran = invoke_cli(s, "refresh", str(refresh_workdir / "refresh.yaml"), "--run-id", f"{uid}-new")
     assert ran.exit_code == 0 and "PROMOTED" in ran.output, ran.output
-    new = registry.production(engine).version
+    new = registry.production(engine, s.model_store()).version
     assert new == f"{uid}-new"
     assert (s.models_dir / "current").resolve() == registry.get_version(engine, new).artifact_dir
 
@@ -131,7 +131,7 @@ def test_the_demo_registers_its_model_so_models_list_shows_what_status_serves(
     served = ensure_model(s)
 
     engine = get_engine(reg_url)
-    assert registry.production(engine).version == f"{uid}-demo"
+    assert registry.production(engine, s.model_store()).version == f"{uid}-demo"
     assert served == registry.get_version(engine, f"{uid}-demo").artifact_dir
     assert (s.models_dir / "current").resolve() == served
     assert serving_model(s)[0].version == f"{uid}-demo"

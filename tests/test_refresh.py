@@ -44,7 +44,7 @@ def test_feedback_flows_into_the_next_refresh_and_a_worse_candidate_is_not_promo
     # 1. No feedback, no production: the first refresh is promoted because nothing serves yet.
     first = run_refresh(config, life, engine, run_id="first")
     assert first.promoted and first.reason == "no production model yet" and first.counts.corrections == 0
-    assert registry.production(engine).version == first.candidate
+    assert registry.production(engine, life.model_store()).version == first.candidate
 
     # 2. People correct 41 reviews: 40 texts the base data lacks, and one base training text relabelled.
     experiment = load_config(refresh_workdir / "experiment.yaml")
@@ -77,7 +77,7 @@ def test_feedback_flows_into_the_next_refresh_and_a_worse_candidate_is_not_promo
         assert len(list(csv.DictReader(handle))) == 41 - len(held)
 
     assert not second.promoted and second.production_before == first.candidate
-    assert registry.production(engine).version == first.candidate  # production unchanged
+    assert registry.production(engine, life.model_store()).version == first.candidate  # production unchanged
     holdout_set = next(s for s in second.scores if "feedback-holdout" in s)
     assert set(second.scores) == {gate_set, holdout_set}
     for eval_set in (gate_set, holdout_set):  # both models scored on the same fixed sets

@@ -33,7 +33,7 @@ def test_publish_copies_the_model_scores_it_and_lists_it(reg_url: str, uid: str,
     assert metrics is not None and metrics["rows"] == 300 and 0 <= metrics["macro_f1"] <= 1
     assert v.score == metrics["macro_f1"] and v.base_model == "tiny-distilbert" and v.run_id == v.version
     assert [x.version for x in registry.list_versions(engine)] == [v.version]
-    assert registry.production(engine) is None
+    assert registry.production(engine, store) is None
 
     with pytest.raises(registry.RegistryError, match="already published"):
         promotion.publish(s, engine, fake_run(tmp_path / "runs", f"{uid}-a", seed=0), "sample")
@@ -60,13 +60,13 @@ def test_promotion_is_gated_recorded_and_rolled_back(reg_url: str, uid: str, tmp
     assert current.is_symlink() and current.resolve() == registry.get_version(engine, a).artifact_dir
     second = promotion.promote(life, engine, b, evaluate=ev)
     assert second.promoted and (second.candidate_score, second.production_score) == (0.70, 0.60)
-    assert registry.production(engine).version == b
+    assert registry.production(engine, tmp_path / "store").version == b
     assert {v.version: v.stage for v in registry.list_versions(engine)} == {a: "archived", b: "production",
                                                                             c: "candidate"}
     # A worse candidate is rejected; production stays; the decision and both scores are recorded.
     rejected = promotion.promote(life, engine, c, evaluate=ev)
     assert not rejected.promoted and (rejected.candidate_score, rejected.production_score) == (0.65, 0.70)
-    assert registry.production(engine).version == b
+    assert registry.production(engine, tmp_path / "store").version == b
     assert registry.get_version(engine, c).stage == "candidate"
     latest = registry.decisions(engine, 1)[0]
     assert (latest["candidate"], latest["production_before"], latest["promoted"], latest["candidate_score"],
@@ -77,7 +77,7 @@ def test_promotion_is_gated_recorded_and_rolled_back(reg_url: str, uid: str, tmp
     assert len(calls) == 3  # every score was computed once, at publish
 
     promotion.rollback(life, engine)
-    assert registry.production(engine).version == b
+    assert registry.production(engine, tmp_path / "store").version == b
     forced = promotion.promote(life, engine, a, force=True, evaluate=ev)
     assert forced.promoted and forced.forced and forced.reason.startswith("forced")
     assert promotion.rollback(life, engine).candidate == b

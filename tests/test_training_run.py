@@ -12,9 +12,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trai
 from typer.testing import CliRunner
 
 from sentiment_app.cli import app  # the root CLI: it turns user errors into one line and exit code 2
+from sentiment_app.cli.training import experiments
 from sentiment_model.predictor import Predictor
 from tests.support import tiny_config
-from training.cli import experiments
 from training.config import ConfigError
 from training.distill import teacher_probabilities
 from training.evaluate import DataSpec, evaluate_model

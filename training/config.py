@@ -34,8 +34,8 @@ class SplitConfig(Strict):
         return self
 
 
-class DataConfig(Strict):
-    """Where the labelled data is and how to read it.
+class SourceFields(Strict):
+    """Where one labelled set is and how to read it (shared by a plain ``data`` section and each mixture source).
 
     Give ``path`` (one file, or a folder of TweetEval ``{split}_text.txt``/``{split}_labels.txt`` pairs),
     or explicit ``train``/``validation``/``test`` files. A single file is split with ``split``; ``train``
@@ -54,7 +54,6 @@ class DataConfig(Strict):
         description="raw label -> class name, e.g. {bad: negative, good: positive}; default accepts "
         "negative/neutral/positive and 0/1/2",
     )
-    clean: CleaningConfig = Field(default_factory=CleaningConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     max_train_samples: int | None = Field(None, ge=1, description="cap on training rows (stratified)")
     max_eval_samples: int | None = Field(None, ge=1, description="cap on validation rows (stratified)")
@@ -67,12 +66,54 @@ class DataConfig(Strict):
             return {str(k): v for k, v in value.items()}
         return value
 
-    @model_validator(mode="after")
-    def _some_source(self) -> DataConfig:
+    def _check_files(self) -> None:
         if self.path is None and self.train is None:
             raise ValueError("data needs `path` (a file or a TweetEval folder) or `train` (a file)")
         if self.path is not None and self.train is not None:
             raise ValueError("give data.path or data.train/validation/test, not both")
+
+
+class SourceConfig(SourceFields):
+    """One labelled set in a mixture. Its rows keep ``name`` as their domain, and its test split is scored alone."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="the domain name in reports")
+    weight: float = Field(
+        1.0, gt=0, le=100, description="share in the training mix: the (capped) train rows are subsampled "
+        "(weight < 1, stratified) or repeated (weight > 1) to weight x rows"
+    )
+
+    @model_validator(mode="after")
+    def _some_source(self) -> SourceConfig:
+        self._check_files()
+        return self
+
+
+MIXTURE_ONLY_PER_SOURCE = ("path", "train", "validation", "test", "format", "text_column", "label_column",
+                           "label_map", "split")
+
+
+class DataConfig(SourceFields):
+    """The labelled data: one set (the fields of ``SourceFields``) or a mixture of several (``sources``).
+
+    In a mixture, ``clean`` applies to every source (a model serves with one cleaning), every train text that
+    also occurs in any source's validation or test split is dropped, validation is the mix of the sources'
+    validation splits (model selection), and the top-level caps apply to the whole mix.
+    """
+
+    clean: CleaningConfig = Field(default_factory=CleaningConfig)
+    sources: list[SourceConfig] | None = Field(None, min_length=1, description="a mixture of labelled sets")
+
+    @model_validator(mode="after")
+    def _some_source(self) -> DataConfig:
+        if self.sources is None:
+            self._check_files()
+            return self
+        misplaced = [k for k in MIXTURE_ONLY_PER_SOURCE if k in self.model_fields_set]
+        if misplaced:
+            raise ValueError(f"with data.sources, set {', '.join(misplaced)} inside each source, not beside sources")
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.sources: names must be unique, got {names}")
         return self
 
 

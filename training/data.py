@@ -18,7 +18,7 @@ from sklearn.model_selection import train_test_split
 from sentiment_model.cleaning import CleaningConfig, clean_text
 from sentiment_model.errors import UserError
 from sentiment_model.labels import LABEL_TO_ID, LABELS
-from training.config import DataConfig, SplitConfig
+from training.config import DataConfig, SourceConfig, SourceFields, SplitConfig
 from training.paths import resolve_path
 
 DEFAULT_LABEL_MAP = {**{name: name for name in LABELS}, "0": "negative", "1": "neutral", "2": "positive"}
@@ -33,6 +33,7 @@ class DataError(UserError):
 class Split:
     texts: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
+    domains: list[str] = field(default_factory=list)  # row i's source in a mixture; empty for one source
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -40,6 +41,16 @@ class Split:
     def counts(self) -> dict[str, int]:
         c = Counter(self.labels)
         return {name: c.get(i, 0) for i, name in enumerate(LABELS)}
+
+    def domain_rows(self) -> dict[str, list[int]]:
+        """Row indices per source, in first-seen order (empty when the rows carry no source)."""
+        index: dict[str, list[int]] = {}
+        for i, name in enumerate(self.domains):
+            index.setdefault(name, []).append(i)
+        return index
+
+    def by_domain(self) -> dict[str, Split]:
+        return {name: _take(self, rows) for name, rows in self.domain_rows().items()}
 
 
 @dataclass
@@ -51,11 +62,15 @@ class LabelledData:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "source": self.source,
             "splits": {n: {"rows": len(s), **s.counts()} for n, s in self.splits().items()},
             "notes": self.notes,
         }
+        if self.train.domains:
+            out["domains"] = {n: {d: {"rows": len(part), **part.counts()} for d, part in s.by_domain().items()}
+                              for n, s in self.splits().items()}
+        return out
 
     def splits(self) -> dict[str, Split]:
         return {"train": self.train, "validation": self.validation, "test": self.test}
@@ -228,7 +243,17 @@ def split_grouped(data: Split, split: SplitConfig) -> tuple[Split, Split, Split]
 
 def _take(data: Split, indices: Iterable[int]) -> Split:
     indices = list(indices)
-    return Split([data.texts[i] for i in indices], [data.labels[i] for i in indices])
+    domains = [data.domains[i] for i in indices] if data.domains else []
+    return Split([data.texts[i] for i in indices], [data.labels[i] for i in indices], domains)
+
+
+def concat(parts: Iterable[Split]) -> Split:
+    out = Split()
+    for part in parts:
+        out.texts += part.texts
+        out.labels += part.labels
+        out.domains += part.domains
+    return out
 
 
 def subsample(data: Split, n: int | None, seed: int) -> Split:
@@ -255,17 +280,17 @@ def load_split_file(
     return to_split(rows, label_map, cleaning or CleaningConfig())
 
 
-def load_dataset(cfg: DataConfig) -> LabelledData:
-    """Read the configured data and return train/validation/test splits (see ``DataConfig``)."""
+def _read_splits(cfg: SourceFields, clean: CleaningConfig, where: str) -> tuple[Split, Split, Split, list[str], str]:
+    """train, validation, test (uncapped), notes and a source description for one labelled set."""
 
     def read(path: str, split: str) -> Split:
         try:
             return load_split_file(
                 path, fmt=cfg.format, text_column=cfg.text_column, label_column=cfg.label_column,
-                label_map=cfg.label_map, cleaning=cfg.clean, split=split,
+                label_map=cfg.label_map, cleaning=clean, split=split,
             )
         except DataError as err:
-            raise DataError(f"data.{'path' if cfg.path else split} ({path}): {err}") from None
+            raise DataError(f"{where}.{'path' if cfg.path else split} ({path}): {err}") from None
 
     notes: list[str] = []
     if cfg.path is not None:
@@ -294,16 +319,70 @@ def load_dataset(cfg: DataConfig) -> LabelledData:
                                                                seed=cfg.split.seed))
             notes.append(f"test carved from train ({cfg.split.test}), grouped by text")
         source = str(resolve_path(cfg.train))
+    return train, val, test, notes, source
+
+
+def _cap(train: Split, val: Split, cfg: SourceFields, seed: int, notes: list[str]) -> tuple[Split, Split]:
     if cfg.max_train_samples:
-        train = subsample(train, cfg.max_train_samples, cfg.split.seed)
+        train = subsample(train, cfg.max_train_samples, seed)
         notes.append(f"train capped at {len(train)} rows")
     if cfg.max_eval_samples:
-        val = subsample(val, cfg.max_eval_samples, cfg.split.seed)
+        val = subsample(val, cfg.max_eval_samples, seed)
         notes.append(f"validation capped at {len(val)} rows")
+    return train, val
+
+
+def _check_not_empty(train: Split, val: Split, where: str) -> None:
     for name, part in (("train", train), ("validation", val)):
         if len(part) == 0:
-            raise DataError(f"the {name} split is empty; give more data or change data.split")
+            raise DataError(f"{where}: the {name} split is empty; give more data or change {where}.split")
+
+
+def load_dataset(cfg: DataConfig) -> LabelledData:
+    """Read the configured data and return train/validation/test splits (see ``DataConfig``)."""
+    if cfg.sources:
+        return load_mixture(cfg)
+    train, val, test, notes, source = _read_splits(cfg, cfg.clean, "data")
+    train, val = _cap(train, val, cfg, cfg.split.seed, notes)
+    _check_not_empty(train, val, "data")
     overlap = {dedup_key(t) for t in train.texts} & {dedup_key(t) for t in val.texts + test.texts}
     if overlap:
         notes.append(f"{len(overlap)} texts appear both in train and in validation/test (as shipped)")
     return LabelledData(train, val, test, source, notes)
+
+
+def reweight(data: Split, weight: float, seed: int) -> Split:
+    """``weight`` x the rows: whole copies for the integer part, a stratified subsample for the rest."""
+    copies, extra = int(weight), round((weight - int(weight)) * len(data))
+    return concat([data] * copies + ([subsample(data, extra, seed)] if extra else []))
+
+
+def load_mixture(cfg: DataConfig) -> LabelledData:
+    """Several labelled sets as one: each row keeps its source as its domain (see ``DataConfig``).
+
+    Every train text equal (``dedup_key``, after the shared cleaning) to a text in any source's validation
+    or test split, capped or not, is dropped first, so no evaluation text is ever trained on; then each
+    source's caps and weight apply.
+    """
+    assert cfg.sources
+    read: dict[str, tuple[SourceConfig, Split, Split, Split, list[str], str]] = {}
+    for src in cfg.sources:
+        read[src.name] = (src, *_read_splits(src, cfg.clean, f"data.sources.{src.name}"))
+    held_out = {dedup_key(t) for _, _, val, test, _, _ in read.values() for t in val.texts + test.texts}
+    trains, vals, tests, notes = [], [], [], []
+    for name, (src, train, val, test, src_notes, _) in read.items():
+        keep = [i for i, t in enumerate(train.texts) if dedup_key(t) not in held_out]
+        if len(keep) < len(train):
+            src_notes.append(f"{len(train) - len(keep)} train rows dropped: text in an evaluation split")
+            train = _take(train, keep)
+        train, val = _cap(train, val, src, src.split.seed, src_notes)
+        if src.weight != 1:
+            train = reweight(train, src.weight, src.split.seed)
+            src_notes.append(f"weight {src.weight:g}: {len(train)} train rows")
+        _check_not_empty(train, val, f"data.sources.{name}")
+        for part, out in ((train, trains), (val, vals), (test, tests)):
+            out.append(Split(part.texts, part.labels, [name] * len(part)))
+        notes += [f"{name}: {n}" for n in src_notes]
+    train, val = _cap(concat(trains), concat(vals), cfg, cfg.split.seed, notes)
+    source = "mixture: " + ", ".join(f"{name}={s}" for name, (*_, s) in read.items())
+    return LabelledData(train, val, concat(tests), source, notes)

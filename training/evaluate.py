@@ -13,12 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sentiment_model.artifact import require_model_dir
+import numpy as np
+
+from sentiment_model.artifact import RunInfo, find_model_dir, require_model_dir
 from sentiment_model.cleaning import CleaningConfig
 from sentiment_model.predictor import Predictor, predictor_from_settings
 from sentiment_model.settings import ModelSettings, model_settings_from_env
 from training import metrics as M
-from training.data import load_split_file
+from training.config import DataConfig
+from training.data import DataError, Split, load_dataset, load_split_file
 
 RAW = CleaningConfig(whitespace=False)  # read texts as they are: the predictor applies the model's cleaning
 
@@ -78,3 +81,47 @@ def evaluate_model(
         (out / "classification_report.txt").write_text(M.report_text(split.labels, preds), encoding="utf-8")
         M.plot_confusion(result["confusion_matrix"], out / "confusion_matrix.png", f"{model_dir.name} on {data.path}")
     return result
+
+
+def over_window(texts: list[str], tokenizer: Any, max_length: int) -> list[bool]:
+    """Which texts have more tokens (special tokens included) than the model reads: their ends are cut off."""
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]] if texts else []
+    return [n > max_length for n in lengths]
+
+
+def domain_scores(split: Split, preds: np.ndarray | list[int], too_long: list[bool]) -> dict[str, dict[str, Any]]:
+    """Metrics per source of a mixed split (domain -> rows, over_window, accuracy, macro-F1, macro recall, ...).
+
+    A mixture's pooled score is dominated by its biggest test set; each domain's own row is what users meet.
+    """
+    preds = np.asarray(preds)
+    out: dict[str, dict[str, Any]] = {}
+    for name, rows in split.domain_rows().items():
+        labels = [split.labels[i] for i in rows]
+        out[name] = {"rows": len(rows), "over_window": int(sum(too_long[i] for i in rows)),
+                     **M.classification_metrics(labels, preds[rows])}
+    return out
+
+
+def evaluate_domains(model_dir: str | Path, data_cfg: DataConfig, *, model: ModelSettings | None = None,
+                     batch_size: int | None = None) -> dict[str, dict[str, Any]]:
+    """Score a saved model on the test split of every source of ``data_cfg`` (a mixture or one set).
+
+    The splits are built exactly as training builds them, with the cleaning the model was trained with, so a
+    model trained elsewhere (e.g. on TweetEval only) is compared on the very rows a mixture run reports. The
+    model runs through the serving predictor (``model``: default ``SENTIMENT_MODEL__*``), as in ``evaluate_model``.
+    """
+    model_dir = find_model_dir(model_dir)
+    cleaning = RunInfo.read(model_dir).cleaning or data_cfg.clean
+    test = load_dataset(data_cfg.model_copy(update={"clean": cleaning})).test
+    if not len(test):
+        raise DataError("the data section has no test split to score; give data.test or a split with test > 0")
+    if not test.domains:
+        test = Split(test.texts, test.labels, ["data"] * len(test))
+    settings = model or model_settings_from_env()
+    if batch_size:
+        settings = settings.model_copy(update={"batch_size": batch_size, "cuda_batch_size": batch_size})
+    predictor = predictor_from_settings(settings, model_dir)
+    preds = predictor.predict_logits(test.texts).argmax(-1).numpy()
+    too_long = over_window(test.texts, predictor.tokenizer, predictor.max_length)
+    return domain_scores(test, preds, too_long)

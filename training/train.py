@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Subset
 from transformers import (
     DataCollatorWithPadding,
     EarlyStoppingCallback,
-    Trainer,
     TrainerCallback,
     TrainingArguments,
     set_seed,
@@ -34,6 +34,7 @@ from training import tracker
 from training.config import ConfigError, ExperimentConfig, dump_config
 from training.data import LabelledData, Split, load_dataset
 from training.distill import teacher_probabilities
+from training.evaluate import domain_scores, over_window
 from training.modeling import count_parameters, freeze, load_base
 from training.trainer import EncodedSplit, MetricsLogCallback, SentimentTrainer, TopKCheckpoints
 
@@ -126,12 +127,23 @@ def _soft_targets(config: ExperimentConfig, train: Split, run_dir: Path) -> np.n
     return soft
 
 
-def _predict(trainer: Trainer, dataset: EncodedSplit) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
-    """Predicted ids, true ids, seconds, and class probabilities (for the drift reference)."""
+def _predict(trainer: SentimentTrainer, dataset: EncodedSplit) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """Predicted ids, true ids, seconds, and class probabilities (for the drift reference), in row order.
+
+    ``Trainer`` batches evaluation rows by length in a shuffled order; a mixture scores each row against its
+    source, so rows are predicted shortest first (little padding) and put back in their own order.
+    """
     start = time.perf_counter()
-    out = trainer.predict(dataset, metric_key_prefix="predict")
-    probs = torch.softmax(torch.as_tensor(out.predictions, dtype=torch.float32), dim=-1).numpy()
-    return np.argmax(out.predictions, axis=-1), out.label_ids, time.perf_counter() - start, probs
+    order = np.argsort([len(item["input_ids"]) for item in dataset.items], kind="stable")
+    trainer.sequential_eval = True
+    try:
+        out = trainer.predict(Subset(dataset, order.tolist()), metric_key_prefix="predict")
+    finally:
+        trainer.sequential_eval = False
+    back = np.argsort(order)
+    logits, labels = np.asarray(out.predictions)[back], np.asarray(out.label_ids)[back]
+    probs = torch.softmax(torch.as_tensor(logits, dtype=torch.float32), dim=-1).numpy()
+    return np.argmax(logits, axis=-1), labels, time.perf_counter() - start, probs
 
 
 def _compute_metrics(pred) -> dict[str, float]:
@@ -266,9 +278,11 @@ def run_experiment(
     validation = M.classification_metrics(val_true, val_pred)
     test: dict[str, Any] = {}
     test_time = 0.0
+    preds = {"validation": val_pred}
     if len(data.test):
         test_ds = EncodedSplit(data.test, tokenizer, config.max_length)
         test_pred, test_true, test_time, _ = _predict(trainer, test_ds)
+        preds["test"] = test_pred
         test = M.classification_metrics(test_true, test_pred)
         (run_dir / "classification_report.txt").write_text(M.report_text(test_true, test_pred), encoding="utf-8")
         test["confusion_matrix"] = M.confusion(test_true, test_pred)
@@ -276,6 +290,10 @@ def run_experiment(
                          f"{config.name}: test (n={len(data.test)})")
     _write_json(run_dir / "validation_metrics.json", validation)
     _write_json(run_dir / "test_metrics.json", test)
+    domains = {name: domain_scores(split, preds[name], over_window(split.texts, tokenizer, config.max_length))
+               for name, split in data.splits().items() if split.domains and name in preds}
+    if domains:  # a mixture: every source scored alone
+        _write_json(run_dir / "domain_metrics.json", domains)
     M.plot_curves(history, run_dir / "training_curves.png", f"{config.name} ({run_id})")
 
     best_step = trainer.state.best_global_step
@@ -309,7 +327,7 @@ def run_experiment(
     _write_json(run_dir / "environment.json", env)
     run_info = {"run_id": run_id, "config": resolved_cfg, "best_step": best_step,
                 "validation_metrics": validation, "test_metrics": test, "timing": timing,
-                "labels": list(LABELS)}
+                "labels": list(LABELS), **({"domain_metrics": domains} if domains else {})}
     write_run_info(model_dir, run_info)
 
     row = {
@@ -323,6 +341,7 @@ def run_experiment(
         "clean": "+".join(k for k, on in config.data.clean.model_dump().items() if on),
         "distill": (f"{len(d.teachers)} teachers, weight {d.weight:g}, T {d.temperature:g}"
                     if (d := config.distill) else ""),
+        "sources": "+".join(s.name + (f"x{s.weight:g}" if s.weight != 1 else "") for s in config.data.sources or []),
         "seed": config.seed, "train_rows": len(data.train),
         "steps": trainer.state.global_step, "best_step": best_step,
         "val_macro_recall": validation["macro_recall"], "val_macro_f1": validation["macro_f1"],
@@ -331,7 +350,11 @@ def run_experiment(
         "train_time_s": timing["train_time_s"], "wall_time_s": timing["wall_time_s"], "device": device,
         "run_dir": str(run_dir),
     }
-    tracker.append_row(Path(tracker_csv) if tracker_csv else run_root / "experiments.csv", row)
+    csv_path = Path(tracker_csv) if tracker_csv else run_root / "experiments.csv"
+    tracker.append_row(csv_path, row)
+    if domains:
+        tracker.append_domain_rows(csv_path, {"run_id": run_id, "name": config.name, "seed": config.seed}, domains,
+                                   "training run")
     _log_mlflow(config, test, timing)
     return RunResult(run_id, run_dir, model_dir, validation, test, timing, best_step, history, row)
 

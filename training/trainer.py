@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, SequentialSampler
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
 
 from training.config import DistillConfig
@@ -50,6 +50,12 @@ class SentimentTrainer(Trainer):
         self.layer_lr_decay = layer_lr_decay
         self.distill = distill
         self.samples_seen = 0
+        self.sequential_eval = False  # set by _predict: rows in the order given
+
+    def _get_eval_sampler(self, eval_dataset):  # noqa: D102
+        if self.sequential_eval:
+            return SequentialSampler(eval_dataset)
+        return super()._get_eval_sampler(eval_dataset)
 
     def create_optimizer(self, model=None):  # noqa: D102
         if self.layer_lr_decay == 1.0 or self.optimizer is not None:

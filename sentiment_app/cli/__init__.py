@@ -1,7 +1,7 @@
 """The `sentiment` command: every command of the project under one root.
 
 Heavy imports (torch, faust) happen inside the commands that need them. The command modules register
-on ``root.app``; the training commands (``training.cli``) and ``sentiment models`` are mounted here.
+on ``root.app``; the training commands (``cli.training``) and ``sentiment models`` are mounted here.
 A ``UserError`` (or an unreachable service) becomes one line on stderr and exit code 2 (``root``);
 anything else is a bug and keeps its traceback.
 """
@@ -18,7 +18,7 @@ from sentiment_app.cli import lifecycle  # noqa: F401  (refresh, drift)
 # isort: on
 from sentiment_app.cli.models import app as models_app
 from sentiment_app.cli.root import app
-from training.cli import app as training_app
+from sentiment_app.cli.training import app as training_app
 
 for command in training_app.registered_commands:  # sentiment train | sweep | evaluate | experiments
     app.registered_commands.append(command)

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from sentiment_app.cli.root import app, console
+from sentiment_app.terminal_text import PlainTable as Table  # every cell literal, no control characters
+from sentiment_app.terminal_text import markup_safe
 from stream.settings import get_settings
 
 
@@ -67,26 +68,26 @@ def dlq(
 
 
 @app.command()
-def sql(query: Annotated[str, typer.Argument(help="one SQL statement; runs read-only")],
-        max_rows: int = 100) -> None:
-    """Run a read-only SQL query against the labelled reviews (statement timeout applies).
+def sql(query: Annotated[str, typer.Argument(help="one query (SELECT, WITH, VALUES, TABLE); runs read-only")],
+        max_rows: Annotated[int, typer.Option(min=1, help="fetch at most this many rows")] = 100) -> None:
+    """Run one read-only query as the reader role (statement timeout applies; README "Security").
 
     Example: sentiment sql "SELECT * FROM sentiment_hourly_total ORDER BY hour DESC LIMIT 12"
     """
+    from storage import readonly_query
     from storage.db import get_engine
-    from storage.reviews import run_readonly_sql
-    from stream.services import check_postgres
 
     s = get_settings()
-    check_postgres(s)
-    cols, rows = run_readonly_sql(get_engine(s.postgres.url.get_secret_value()), query,
-                                  s.postgres.statement_timeout_ms, max_rows)
+    result = readonly_query.run(get_engine(s.postgres.dsn("reader")), query, max_rows,
+                                s.postgres.statement_timeout_ms)  # SqlRefused, QueryError: user errors
     table = Table()
-    for c in cols:
+    for c in result.columns:
         table.add_column(c, overflow="fold")
-    for r in rows:
+    for r in result.rows:
         table.add_row(*("" if v is None else str(v) for v in r))
     console.print(table)
+    if result.more:
+        console.print(f"first {max_rows} rows shown; the rest was not fetched (raise --max-rows)")
 
 
 @app.command()
@@ -150,7 +151,7 @@ def feedback(
     if label is None:
         raise typer.BadParameter("give the corrected label: negative, neutral or positive")
     c = add_correction(engine, review_id, label.strip().lower(), by or default_author(), note)
-    console.print(f"{c.review_id}: {c.previous_label} -> {c.label} (by {c.author}, correction #{c.id})")
+    console.print(markup_safe(f"{c.review_id}: {c.previous_label} -> {c.label} (by {c.author}, correction #{c.id})"))
 
 
 @app.command()
@@ -168,7 +169,7 @@ def classify(
     from sentiment_app.csv_labelling import classify_csv, load_predictor
 
     predictor = load_predictor(get_settings(), model_dir)
-    console.print(f"model {predictor.version} ({predictor.model_dir})", highlight=False, soft_wrap=True)
+    console.print(markup_safe(f"model {predictor.version} ({predictor.model_dir})"), highlight=False, soft_wrap=True)
     if csv_in is not None:
         target = out or csv_in.with_name(csv_in.stem + ".labelled.csv")
         n = classify_csv(predictor, csv_in, target, text_col)

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from sentiment_app.cli.root import app, console
+from sentiment_app.terminal_text import PlainTable as Table  # every cell literal, no control characters
+from sentiment_app.terminal_text import markup_safe
 from stream.settings import get_settings
 
 
@@ -73,8 +74,8 @@ def drift(ctx: typer.Context, hours: Annotated[int, typer.Option(help="show the 
                       f"{s.drift.min_events} reviews in it, for a model with a reference profile")
         return
     mix = ", ".join(f"{k} {v:.2f}" for k, v in reference["label_mix"].items())
-    console.print(f"reference: model {reference['version']}, predicted mix {mix}, mean confidence "
-                  f"{reference['mean_confidence']:.3f} ({reference['rows']} {reference['source']} rows); "
+    console.print(f"reference: model {markup_safe(reference['version'])}, predicted mix {mix}, mean confidence "
+                  f"{reference['mean_confidence']:.3f} ({reference['rows']} {markup_safe(reference['source'])} rows); "
                   f"threshold {s.drift.threshold:g}")
     table = Table(title="drift per hour (UTC, by review time)")
     for col in ("hour", "reviews", "negative", "neutral", "positive", "confidence", "label PSI", "conf. drop",

@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from sentiment_app.cli.root import UserErrorsExit2
+from sentiment_app.terminal_text import PlainConsole
+from sentiment_app.terminal_text import PlainTable as Table  # every cell literal, no control characters
 from sentiment_model.errors import UserError
 from stream.settings import Settings, get_settings
 
-app = typer.Typer(help="Publish, promote and roll back model versions (the model registry).",
+app = typer.Typer(cls=UserErrorsExit2, help="Publish, promote and roll back model versions (the model registry).",
                   no_args_is_help=True, rich_markup_mode=None)
-console = Console()
+console = PlainConsole()  # version names and paths are data: never markup, no escape sequences
 
 
 def _engine(settings: Settings):
@@ -196,7 +197,7 @@ def shadow(
                           else "no shadow run was active")
             return
         if version is None:
-            dep = shadow_store.active(engine)
+            dep = shadow_store.active(engine, s.model_store())
             console.print(f"shadowing {dep.candidate} on {dep.share:.0%} of reviews since "
                           f"{dep.started_at:%Y-%m-%d %H:%M} UTC (deployment {dep.id})" if dep
                           else "no shadow run is active; `sentiment models shadow VERSION --share 0.2` starts one")
@@ -235,9 +236,9 @@ def compare(
         registry.get_version(engine, version)
         c = shadow_store.compare(engine, version)
         deps = shadow_store.deployments(engine, version)
-        prod = registry.production(engine)
+        prod = next((v.version for v in registry.list_versions(engine) if v.stage == "production"), None)  # a name
     versions = sorted(c.production_versions.items(), key=lambda kv: -kv[1])
-    against = ", ".join(f"{v} ({n} reviews)" for v, n in versions) or (prod.version if prod else "-")
+    against = ", ".join(f"{v} ({n} reviews)" for v, n in versions) or prod or "-"
     console.print(f"shadow evaluation of {version} against production {against}")
     for d in deps:
         until = f"{d.stopped_at:%Y-%m-%d %H:%M}" if d.stopped_at else "now (active)"
@@ -266,7 +267,7 @@ def compare(
     console.print(f"latency: production {_ms(c.production_ms_per_event)}/event, candidate "
                   f"{_ms(c.candidate_ms_per_event)}/event ({ratio}); shadowing added {_ms(c.added_ms_per_batch)} "
                   "per batch")
-    prod_version = versions[0][0] if versions else (prod.version if prod else None)
+    prod_version = versions[0][0] if versions else prod
     scores = shadow_store.evaluations(engine, [v for v in (version, prod_version) if v])
     if scores:
         t = Table(title="offline scores (stored evaluations)")

@@ -9,14 +9,15 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+from sentiment_app.terminal_text import clean
 from sentiment_model.errors import UserError
 
 console = Console()
 
 
 def report_user_error(err: BaseException) -> None:
-    """``error: MESSAGE`` in red on stderr (markup off: messages hold paths and [brackets])."""
-    Console(stderr=True).print(f"error: {err}", style="red", markup=False, highlight=False, soft_wrap=True)
+    """``error: MESSAGE`` in red on stderr: one line, literal (messages hold paths, [brackets], user data)."""
+    Console(stderr=True).print(f"error: {clean(err)}", style="red", markup=False, highlight=False, soft_wrap=True)
 
 
 class UserErrorsExit2(TyperGroup):

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from sentiment_app.cli.root import app, console
+from sentiment_app.terminal_text import PlainTable as Table  # every cell literal, no control characters
+from sentiment_app.terminal_text import markup_safe
 from stream.settings import get_settings
 
 
@@ -19,14 +20,22 @@ def init() -> None:
 
     Example: sentiment init
     """
-    from storage.db import safe_address
+    from storage.db import get_engine, safe_address
     from storage.migrate import upgrade
+    from storage.partitions import apply_retention
+    from storage.roles import provision
     from stream.services import check_postgres, create_topics
 
     s = get_settings()
     check_postgres(s)
-    upgrade(s.postgres.url.get_secret_value())
-    console.print(f"schema at head on {safe_address(s.postgres.url.get_secret_value())}")
+    changed = provision(s.postgres.dsn(), s.postgres.role_dsns(), s.postgres.statement_timeout_ms)
+    upgrade(s.postgres.dsn())
+    console.print(f"schema at head on {safe_address(s.postgres.dsn())}; roles "
+                  + (", ".join(changed) if changed else "already set up"))
+    days = s.postgres.retention_days
+    dropped = apply_retention(get_engine(s.postgres.dsn()), days)
+    console.print(f"reviews kept {f'{days} days' if days else 'forever'}"
+                  + (f"; dropped {', '.join(dropped)}" if dropped else ""))
     created = create_topics(s)
     console.print(f"topics: {', '.join(created) + ' created' if created else 'already there'}")
 
@@ -67,9 +76,9 @@ def produce(
     skipped = sum(summary.skipped.values())
     console.print(f"sent {summary.sent}, skipped {skipped}")
     for reason, n in summary.skipped.most_common():
-        console.print(f"  skipped {n}: {reason}")
+        console.print(f"  skipped {n}: {markup_safe(reason)}")
     for line in summary.first_skips:
-        console.print(f"  e.g. {line}")
+        console.print(f"  e.g. {markup_safe(line)}")
 
 
 @app.command()

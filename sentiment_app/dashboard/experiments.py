@@ -31,6 +31,17 @@ def experiments_frame(csv_path: Path) -> pd.DataFrame:
     return frame
 
 
+def domain_frame(csv_path: Path) -> pd.DataFrame:
+    """The per-domain test rows beside the tracker CSV, domains grouped (as `sentiment experiments` shows them)."""
+    from training.tracker import domain_table_rows, domains_csv, read_runs
+
+    cols = ["domain", "name", "seed", "run_id", "rows", "over_window", "macro_f1", "macro_recall", "accuracy"]
+    frame = pd.DataFrame(domain_table_rows(read_runs(domains_csv(csv_path))), columns=cols)
+    for col in ("macro_f1", "macro_recall", "accuracy"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").round(4)
+    return frame
+
+
 def comparison_png(csv_path: Path) -> bytes | None:
     """The tracker's own bar chart of the main test metrics (the `sentiment experiments --plot` figure),
     drawn again only when the CSV changes."""
@@ -104,6 +115,10 @@ def _experiments(roots: list[Path]) -> None:
         st.dataframe(frame[[c for c in SUMMARY if c in frame.columns]], hide_index=True)
         with st.expander("all columns"):
             st.dataframe(frame, hide_index=True)
+        per_domain = domain_frame(csv_path)
+        if not per_domain.empty:
+            st.markdown("test score per domain (a mixture's sources, or a model scored with `sentiment domains`)")
+            st.dataframe(per_domain, hide_index=True)
         png = comparison_png(csv_path)
         if png:
             st.image(png, caption=f"test metrics per run, from {csv_path}")

@@ -11,6 +11,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import ProgrammingError
 
 from sentiment_app.dashboard.ui import engine, load_settings, reaching, show_unavailable
+from sentiment_app.terminal_text import markdown_literal
 from sentiment_model.labels import LABELS
 from storage.feedback import FeedbackError, add_correction, default_author
 from storage.reviews import count_by_label, latest_reviews
@@ -69,7 +70,11 @@ def render() -> None:
         "text": st.column_config.TextColumn(width="large"),
     })
     st.caption(f"{len(frame)} newest reviews by processing time, from Postgres at `{address}`.")
-    correction_form(db, frame)
+    if settings.dashboard.corrections_enabled:
+        correction_form(engine(settings, "feedback")[0], frame)
+    else:  # off by default: anyone who reaches the page could otherwise feed `sentiment refresh`
+        st.caption("Label corrections are off on this dashboard: use `sentiment feedback REVIEW_ID LABEL`, or set "
+                   "SENTIMENT_DASHBOARD__CORRECTIONS_ENABLED=true where only trusted people reach it.")
 
 
 def correction_form(db: Engine, frame: pd.DataFrame) -> None:
@@ -89,7 +94,8 @@ def correction_form(db: Engine, frame: pd.DataFrame) -> None:
             try:
                 c = add_correction(db, review_id, label, author.strip(), note.strip() or None)
             except FeedbackError as e:
-                st.error(str(e), icon=":material/error:")
+                st.error(markdown_literal(e), icon=":material/error:")
             else:
-                st.success(f"{c.review_id}: {c.previous_label} -> {c.label}, by {c.author}. "
-                           "The next `sentiment refresh` trains on it.", icon=":material/check:")
+                st.success(f"{markdown_literal(c.review_id)}: {c.previous_label} -> {c.label}, by "
+                           f"{markdown_literal(c.author)}. The next `sentiment refresh` trains on it.",
+                           icon=":material/check:")

@@ -12,6 +12,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from storage.db import get_engine, safe_address
+from storage.roles import Role
 from storage.trends import TrendCounters
 from stream.services import ServiceUnavailable, redis_address, trend_counters
 from stream.settings import Settings
@@ -55,7 +56,8 @@ def counters(settings: Settings) -> tuple[TrendCounters, str]:
     return _counters(f"{url}|{settings.redis.key_prefix}", settings), redis_address(url)
 
 
-def engine(settings: Settings) -> tuple[Engine, str]:
-    """The pooled engine (cached per URL by storage.db) and its address without credentials."""
-    url = settings.postgres.url.get_secret_value()
+def engine(settings: Settings, role: Role = "reader") -> tuple[Engine, str]:
+    """The pooled engine (cached per URL by storage.db) of ``role``, and its address without credentials.
+    Pages read as the reader; only the correction form writes, as the feedback role (README "Security")."""
+    url = settings.postgres.dsn(role)
     return get_engine(url), safe_address(url)

@@ -209,7 +209,7 @@ def run_refresh(config: RefreshConfig, settings: Settings, engine: Engine, run_i
     gate_set = config.gate.eval_set or settings.registry.eval_set
     holdout_set = holdout_eval_set(merged.holdout, store_dir)
     eval_sets = list(dict.fromkeys([gate_set, *config.eval_sets, *([holdout_set] if holdout_set else [])]))
-    production = registry.production(engine)
+    production = registry.production(engine, store_dir)
     candidate = promotion.publish(settings, engine, result.run_dir, gate_set, evaluate=evaluate)
     scores: dict[str, dict[str, dict[str, Any] | None]] = {}
     for eval_set in eval_sets:
@@ -218,7 +218,7 @@ def run_refresh(config: RefreshConfig, settings: Settings, engine: Engine, run_i
             if ref is None:
                 continue
             try:
-                registry.score(engine, ref, eval_set, config.gate.metric, evaluate)
+                registry.score(engine, ref, eval_set, config.gate.metric, evaluate, store_dir)
                 scores[eval_set][ref.version] = registry.evaluation(engine, ref.version, eval_set)
             except registry.RegistryError as e:
                 log.warning("cannot score %s on %s: %s", ref.version, eval_set, e)

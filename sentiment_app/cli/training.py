@@ -15,10 +15,13 @@ from typing import Annotated, Any
 import typer
 import yaml
 from rich.console import Console
-from rich.table import Table
 
-app = typer.Typer(help="Fine-tune, compare and evaluate sentiment models.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+from sentiment_app.cli.root import UserErrorsExit2
+from sentiment_app.terminal_text import PlainTable as Table  # every cell literal, no control characters
+from sentiment_app.terminal_text import markup_safe
+
+app = typer.Typer(cls=UserErrorsExit2, help="Fine-tune, compare and evaluate sentiment models.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)  # the root mounts its commands
 console = Console(width=max(Console().width, 150))  # run tables are wide; logs should not fold them
 
 DEFAULT_RUNS = Path("runs")
@@ -74,9 +77,16 @@ def _cell(value: Any) -> str:
     return f"{number:.4g}" if abs(number) < 1e-2 else f"{number:.4f}".rstrip("0").rstrip(".")
 
 
-def markdown_table(rows: list[dict[str, Any]], cols: list[str] = SUMMARY_COLUMNS) -> str:
-    lines = ["| " + " | ".join(c.replace("_", " ") for c in cols) + " |",
-             "|" + "|".join(" --- " if c in ("run_id", "name", "class_weights") else " ---: " for c in cols) + "|"]
+DOMAIN_HEADERS = {"domain": "domain", "name": "model", "seed": "seed", "run_id": "run", "rows": "test rows",
+                  "over_window": "over window", "macro_f1": "mF1", "macro_recall": "mRec", "accuracy": "acc"}
+
+
+def markdown_table(rows: list[dict[str, Any]], cols: list[str] = SUMMARY_COLUMNS,
+                   headers: dict[str, str] | None = None) -> str:
+    headers = headers or {}
+    lines = ["| " + " | ".join(headers.get(c, c.replace("_", " ")) for c in cols) + " |",
+             "|" + "|".join(" --- " if c in ("run_id", "name", "class_weights", "domain") else " ---: "
+                            for c in cols) + "|"]
     lines += ["| " + " | ".join(_cell(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
@@ -99,12 +109,13 @@ def train(
     from training.train import run_experiment
 
     cfg = load_config(config, parse_overrides(set_))
-    console.print(f"[bold]train[/bold] {cfg.name}: {cfg.base_model}, lr {cfg.learning_rate:g}, "
-                  f"freeze {cfg.freeze_layers}, class weights {cfg.class_weights}")
+    console.print(f"[bold]train[/bold] {markup_safe(cfg.name)}: {markup_safe(cfg.base_model)}, "
+                  f"lr {cfg.learning_rate:g}, freeze {cfg.freeze_layers}, class weights {cfg.class_weights}")
     result = run_experiment(cfg, run_root, run_id=resume, resume=resume is not None, tracker_csv=tracker)
     t = result.test or result.validation
     scope = "test" if result.test else "validation"
-    console.print(f"[bold]{result.run_id}[/bold] {scope}: accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}, "
+    console.print(f"[bold]{markup_safe(result.run_id)}[/bold] {scope}: accuracy {t['accuracy']:.4f}, "
+                  f"macro-F1 {t['macro_f1']:.4f}, "
                   f"macro recall {t['macro_recall']:.4f} (validation macro recall "
                   f"{result.validation['macro_recall']:.4f}, best step {result.best_step})")
     console.print(f"training {result.timing['train_samples_per_s']} samples/s, wall {result.timing['wall_time_s']} s")
@@ -128,12 +139,13 @@ def sweep(
     from training.train import run_experiment
 
     configs = expand_sweep(source, parse_overrides(set_))
-    console.print(f"[bold]sweep[/bold] {source}: {len(configs)} runs: " + ", ".join(c.name for c in configs))
+    console.print(f"[bold]sweep[/bold] {markup_safe(source)}: {len(configs)} runs: "
+                  + markup_safe(", ".join(c.name for c in configs)))
     if dry_run:
         return
     rows: list[dict[str, Any]] = []
     for i, cfg in enumerate(configs, start=1):
-        console.rule(f"run {i}/{len(configs)}: {cfg.name}")
+        console.rule(f"run {i}/{len(configs)}: {markup_safe(cfg.name)}")
         try:
             rows.append(run_experiment(cfg, run_root, tracker_csv=tracker).row)
         except Exception as err:  # noqa: BLE001 - report and optionally continue with the next config
@@ -184,6 +196,41 @@ def evaluate(
 
 
 @app.command()
+def domains(
+    model_dir: Annotated[Path, typer.Argument(help="saved model directory (a run's model/) or its run directory")],
+    config: Annotated[Path, typer.Argument(help="experiment YAML whose data section names the sets to score")],
+    run_root: RunRoot = DEFAULT_RUNS,
+    tracker: TrackerCsv = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="texts per forward pass [default: SENTIMENT_MODEL__BATCH_SIZE]")] = None,
+) -> None:
+    """Score a saved model on the test split of every source in CONFIG's data section, one tracker row per
+    domain (shown by `sentiment experiments` beside the models trained on that mixture).
+
+    Example: sentiment domains runs/<run>/model configs/general.yaml
+    """
+    from sentiment_model.artifact import RunInfo, find_model_dir
+    from training.config import load_config
+    from training.evaluate import evaluate_domains
+    from training.tracker import append_domain_rows
+
+    data_cfg = load_config(config).data
+    model = find_model_dir(model_dir)
+    scores = evaluate_domains(model, data_cfg, batch_size=batch_size)
+    info = RunInfo.read(model)
+    run = {"run_id": info.run_id or model.name, "name": info.config.get("name", model.name),
+           "seed": info.config.get("seed")}
+    append_domain_rows(tracker or run_root / "experiments.csv", run, {"test": scores}, str(config))
+    table = Table(title=f"{model} on the test splits of {config}")
+    for col in ("domain", "rows", "over window", "accuracy", "macro-F1", "macro recall"):
+        table.add_column(col, justify="left" if col == "domain" else "right")
+    for name, m in scores.items():
+        table.add_row(name, str(m["rows"]), str(m["over_window"]), f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}",
+                      f"{m['macro_recall']:.4f}")
+    console.print(table)
+
+
+@app.command()
 def experiments(
     run_root: RunRoot = DEFAULT_RUNS,
     tracker: TrackerCsv = None,
@@ -196,7 +243,7 @@ def experiments(
 
     Example: sentiment experiments --plot --last 6
     """
-    from training.tracker import plot_runs, read_runs
+    from training.tracker import domain_table_rows, domains_csv, plot_runs, read_runs
 
     csv_path = tracker or run_root / "experiments.csv"
     rows = read_runs(csv_path)
@@ -206,9 +253,20 @@ def experiments(
     if last:
         rows = rows[-last:]
     console.print(_summary_table(rows, f"experiments ({csv_path})"))
+    per_domain = domain_table_rows(read_runs(domains_csv(csv_path)), [r["run_id"] for r in rows])
+    if per_domain:
+        table = Table(title=f"test score per domain ({domains_csv(csv_path)})")
+        for col, head in DOMAIN_HEADERS.items():
+            table.add_column(head, justify="left" if col in ("domain", "name", "run_id") else "right", no_wrap=True)
+        for row in per_domain:
+            table.add_row(*[_cell(row.get(c)) for c in DOMAIN_HEADERS])
+        console.print(table)
     if markdown:
         markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.write_text(markdown_table(rows), encoding="utf-8")
+        text = markdown_table(rows)
+        if per_domain:
+            text += "\n" + markdown_table(per_domain, list(DOMAIN_HEADERS), DOMAIN_HEADERS)
+        markdown.write_text(text, encoding="utf-8")
         console.print(f"markdown: {markdown}")
     if plot:
         png = plot_runs(rows, plot_path or csv_path.with_suffix(".png"))
