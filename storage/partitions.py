@@ -15,11 +15,23 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Boolean, CheckConstraint, Column, Connection, Engine, Integer, Table, text
+
+from storage.schema import metadata
 
 log = logging.getLogger(__name__)
 
 MAINTAIN_EVERY_S = 3600.0
+PARTITION_NAME = r"review_sentiment_p\d{6}"  # the months: made at run time by the functions, not by migrations
+
+# One row (id is always true): the retention the maintenance functions apply.
+review_partition_policy = Table(
+    "review_partition_policy", metadata,
+    Column("id", Boolean, primary_key=True, server_default=text("true")),
+    Column("retention_days", Integer, nullable=False, server_default=text("0")),
+    CheckConstraint("id"),
+    CheckConstraint("retention_days >= 0"),
+)
 
 
 @dataclass(frozen=True)

@@ -55,4 +55,5 @@ review_key = Table(
     metadata,
     Column("review_id", Text, primary_key=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("review_key_created_at", "created_at"),
 )
