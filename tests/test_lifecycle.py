@@ -68,6 +68,8 @@ def test_after_refresh_promotes_classify_the_dashboard_and_a_running_worker_serv
         "postgres": topics.postgres.model_copy(update={"url": SecretStr(reg_url)}),
         "model": topics.model.model_copy(update={"dir": None, "version": None}),
         "registry": topics.registry.model_copy(update={"store_dir": tmp_path / "store"}),
+        # the worker asks the registry before a batch at most this often: far below the test's own pace
+        "worker": topics.worker.model_copy(update={"reload_interval_s": 0.2}),
     })
     engine = get_engine(reg_url)
     gate_set = str(refresh_workdir / "eval.csv")
