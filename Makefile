@@ -50,7 +50,7 @@ test: up browser helm
 
 # Tests that need no service (`unit`, set by tests/conftest.py) and train nothing (not `slow`): under a
 # minute, no `make up` needed.
-test-fast: install
+test-fast: install helm
 	$(BIN)/pytest -q -m "unit and not slow" $(PYTEST_ARGS)
 
 # ruff, and the import-linter contracts in pyproject.toml (the one-way layers).
