@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -193,15 +194,19 @@ def predictor(texts: list[str], quantize: str, threads: int, tmp: Path) -> float
     return len(texts) / (time.perf_counter() - t0)
 
 
-def worker_pipeline(stack: PrivateStack, n: int, tmp: Path) -> tuple[float, float]:
-    """A real `sentiment worker` whose model costs almost nothing (the tests' 2-layer, 32-wide model): what
-    the worker itself (Faust, micro-batches, sinks, acks) can carry, i.e. a GPU worker's ceiling. Events are
-    produced first; the rate is first row to last row. Also the worker's CPU microseconds per event."""
+def worker_pipeline(stack: PrivateStack, n: int, tmp: Path, model: Path | None = None,
+                    during: Callable[[int], Any] | None = None) -> tuple[float, float]:
+    """A real `sentiment worker` whose model costs almost nothing (default: the tests' 2-layer, 32-wide model):
+    what the worker itself (Faust, micro-batches, sinks, acks) can carry, i.e. a GPU worker's ceiling. Events
+    are produced first; the rate is first row to last row. Also the worker's CPU microseconds per event.
+    ``during(pid)`` is called once the first row is stored (e.g. to start a profiler); what it returns is
+    closed (``wait()``) after the last."""
     from sqlalchemy import text
 
     from tests.support import make_tiny_model
 
-    model = make_tiny_model(tmp / "tiny")
+    model = model or make_tiny_model(tmp / "tiny")
+    watcher = None
     k = stack.settings.kafka  # a topic of its own: the worker's group reads only these events
     own = PrivateStack(stack.uid, stack.settings.model_copy(update={"kafka": k.model_copy(update={
         "reviews_topic": f"{k.reviews_topic}-w", "dlq_topic": f"{k.dlq_topic}-w"})}), stack.engine, tmp)
@@ -222,6 +227,7 @@ def worker_pipeline(stack: PrivateStack, n: int, tmp: Path) -> tuple[float, floa
                 raise RuntimeError(f"the worker stored nothing:\n{own.worker_log()[-3000:]}")
             time.sleep(0.05)
         t0, cpu0, first = time.perf_counter(), proc_cpu_s(proc.pid), rows()
+        watcher = during(proc.pid) if during else None
         while (done := rows()) < n:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the worker stopped at {done}/{n} rows:\n{own.worker_log()[-3000:]}")
@@ -229,6 +235,8 @@ def worker_pipeline(stack: PrivateStack, n: int, tmp: Path) -> tuple[float, floa
         wall, cpu = time.perf_counter() - t0, proc_cpu_s(proc.pid) - cpu0
         return (n - first) / wall, cpu * 1e6 / (n - first)
     finally:
+        if watcher is not None:
+            watcher.wait()
         for p in own.workers:
             p.terminate()
             p.wait(60)

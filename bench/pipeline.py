@@ -2,6 +2,9 @@
 and a naive per-event pipeline, latency at half load, worker memory, and the loss/duplicate check.
 
     python bench/pipeline.py --events 2000 --json bench/results/pipeline.json
+    python bench/pipeline.py --model null --events 20000 --json bench/results/pipeline-null.json
+
+--model null: the pipeline's own cost against this machine's component ceilings (bench/pipeline_null.py).
 
 All figures come from one run on this machine, side by side; compare the ratios, not absolute times.
 Model: a DistilBERT-base-sized model with random weights (speed does not depend on the weights) unless
@@ -159,7 +162,13 @@ def main() -> None:
     ap.add_argument("--batch-max", type=int, default=None, help="worker micro-batch size (default: settings)")
     ap.add_argument("--naive-events", type=int, default=200)
     ap.add_argument("--latency-seconds", type=float, default=30.0)
+    ap.add_argument("--profile", type=Path, help="with --model null: py-spy the worker, top functions here")
     args = ap.parse_args()
+    if args.model == Path("null"):  # the pipeline's own cost vs its components (bench/pipeline_null.py)
+        from pipeline_null import run
+
+        run(args.events, args.json, args.profile, args.batch_max)
+        return
 
     tag = f"bench-{uuid.uuid4().hex[:8]}"
     base = Settings()

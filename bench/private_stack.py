@@ -1,6 +1,6 @@
 """A private corner of the running stack (`make up`) for a benchmark: its own Postgres schema (migrated,
-dropped afterwards), Kafka topics, consumer group, Redis key prefix and model store, so the real registry
-and data are untouched; plus a real `sentiment worker` subprocess and a producer."""
+dropped afterwards), Kafka topics, consumer group, Redis key prefix (its keys deleted afterwards) and model
+store, so the real registry and data are untouched; plus a real `sentiment worker` subprocess and a producer."""
 
 from __future__ import annotations
 
@@ -74,6 +74,20 @@ class PrivateStack:
         producer.close()
 
 
+def delete_redis_prefix(settings: Settings) -> int:
+    """Delete every Redis key under the private prefix (what a benchmark's workers counted); returns how many."""
+    import redis
+
+    client = redis.Redis.from_url(settings.redis.url.get_secret_value())
+    try:
+        keys = list(client.scan_iter(match=f"{settings.redis.key_prefix}:*", count=5000))
+        for i in range(0, len(keys), 1000):
+            client.delete(*keys[i:i + 1000])
+        return len(keys)
+    finally:
+        client.close()
+
+
 @contextmanager
 def private_stack(tag: str, threads: int = 2, **worker: Any) -> Iterator[PrivateStack]:
     """Settings, schema, topics and store private to one benchmark run; everything is removed afterwards."""
@@ -107,6 +121,7 @@ def private_stack(tag: str, threads: int = 2, **worker: Any) -> Iterator[Private
                 proc.terminate()
                 proc.wait(60)
         stack.engine.dispose()
+        delete_redis_prefix(settings)
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()

@@ -70,8 +70,25 @@ def _startup_model(settings: Settings, engine: Engine, retrier: Retrier) -> Mode
     return serving_model(settings, production)[0]
 
 
+def cache_batch_statements() -> None:
+    """Let psycopg cache the parse of a batch's INSERT (it caches only statements under 4 KB / 50 parameters).
+
+    The worker sends the same multi-row INSERT text for every full micro-batch; re-parsing it was the top
+    cost of the store in the profile (README "Performance"). The cache is psycopg's own (an LRU of 128
+    statements keyed by their text), so this only lifts its size limits, process-wide.
+    """
+    try:
+        from psycopg import _queries
+    except ImportError:
+        return
+    if hasattr(_queries, "MAX_CACHED_STATEMENT_LENGTH") and hasattr(_queries, "MAX_CACHED_STATEMENT_PARAMS"):
+        _queries.MAX_CACHED_STATEMENT_LENGTH = max(_queries.MAX_CACHED_STATEMENT_LENGTH, 1 << 20)
+        _queries.MAX_CACHED_STATEMENT_PARAMS = max(_queries.MAX_CACHED_STATEMENT_PARAMS, 1 << 16)
+
+
 def build_processor(settings: Settings, stop: threading.Event) -> BatchProcessor:
     m = settings.model
+    cache_batch_statements()
     pg_url = settings.postgres.dsn("worker")  # inserts reviews and shadow rows, reads the registry
     engine = get_engine(pg_url)
     retrier = Retrier(settings.worker.retry_max_backoff_s, stop)
@@ -134,6 +151,21 @@ def stop_deadline(settings: Settings) -> float:
     return max(1.0, settings.worker.session_timeout_s - 1.0)
 
 
+def faust_app_options(settings: Settings) -> dict[str, object]:
+    """The worker's Faust options (also bench/faust_bare.py's, so that its ceiling is this worker's)."""
+    w = settings.worker
+    return dict(
+        store="memory://",
+        consumer_auto_offset_reset="earliest",
+        topic_disable_leader=True,
+        broker_session_timeout=w.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, w.session_timeout_s / 3),
+        web_enabled=False,  # metrics come from stream.metrics; faust's web server is not needed
+        stream_buffer_maxsize=max(4 * w.batch_max, 1024),
+        stream_wait_empty=False,  # a stop does not wait for unacknowledged events: they are replayed
+    )
+
+
 def create_app(settings: Settings, lifeline: Lifeline | None = None) -> faust.App:
     w, k = settings.worker, settings.kafka
     lifeline = lifeline or Lifeline(stop_deadline(settings))
@@ -143,15 +175,8 @@ def create_app(settings: Settings, lifeline: Lifeline | None = None) -> faust.Ap
         w.app_id,
         broker=[f"kafka://{host}" for host in k.bootstrap_servers.split(",")],
         broker_credentials=k.faust_credentials(),
-        store="memory://",
         datadir=datadir,
-        consumer_auto_offset_reset="earliest",
-        topic_disable_leader=True,
-        broker_session_timeout=w.session_timeout_s,
-        broker_heartbeat_interval=min(3.0, w.session_timeout_s / 3),
-        web_enabled=False,  # metrics come from stream.metrics; faust's web server is not needed
-        stream_buffer_maxsize=max(4 * w.batch_max, 1024),
-        stream_wait_empty=False,  # a stop does not wait for unacknowledged events: they are replayed
+        **faust_app_options(settings),
     )
     topic = app.topic(k.reviews_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw")

@@ -127,7 +127,8 @@ class RedisSettings(BaseModel):
 
 class WorkerSettings(BaseModel):
     app_id: str = Field("sentiment-worker", description="faust app id = Kafka consumer group")
-    batch_max: int = Field(64, ge=1, description="events per micro-batch, at most")
+    batch_max: int = Field(256, ge=1, description=(
+        "events per micro-batch, at most: full while the topic lags, smaller when idle (batch_within_s)"))
     batch_within_s: float = Field(0.1, gt=0, description="seconds to wait for a batch to fill")
     max_text_chars: int = Field(20_000, ge=1, description="longer texts are dead-lettered")
     max_metadata_bytes: int = Field(16_384, ge=0, description="larger metadata is dead-lettered")
@@ -139,7 +140,7 @@ class WorkerSettings(BaseModel):
     reload_interval_s: float = Field(
         5.0, gt=0, description="how often (between batches) the worker asks the registry for the production model")
     overlap_io: Literal["auto", "on", "off"] = Field(
-        "auto", description="store batch N while batch N+1 is labelled; auto: on with a GPU")
+        "on", description="store batch N while batch N+1 is labelled; auto: on with a GPU only")
 
 
 class RegistrySettings(BaseModel):
