@@ -244,6 +244,17 @@ def test_domains_command_puts_another_model_beside_the_mixture(mixed_run, workdi
     assert "| mean (2 domains) | shop-only |" in md.read_text()
 
 
+def test_domains_command_scores_only_the_sources_asked_for(mixed_run, workdir: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "mix.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_mix(workdir)))
+    args = ["domains", str(mixed_run.model_dir), str(cfg), "--run-root", str(tmp_path), "--only", "hotel"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert [r["domain"] for r in read_runs(domains_csv(tmp_path / "experiments.csv"))] == ["hotel"]
+    result = CliRunner().invoke(app, [*args[:-1], "spa"])
+    assert result.exit_code == 2 and "--only spa: no such source" in result.output
+
+
 def test_domains_command_names_a_bad_config(mixed_run, tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("data: {sources: [{name: a, path: nowhere.csv}]}\n")

@@ -203,18 +203,24 @@ def domains(
     tracker: TrackerCsv = None,
     batch_size: Annotated[int | None, typer.Option(
         help="texts per forward pass [default: SENTIMENT_MODEL__BATCH_SIZE]")] = None,
+    only: Annotated[list[str] | None, typer.Option("--only", help="score only this source (repeatable)")] = None,
 ) -> None:
     """Score a saved model on the test split of every source in CONFIG's data section, one tracker row per
     domain (shown by `sentiment experiments` beside the models trained on that mixture).
 
-    Example: sentiment domains runs/<run>/model configs/general.yaml
+    Example: sentiment domains runs/<run>/model configs/general.yaml --only sst --only tse
     """
     from sentiment_model.artifact import RunInfo, find_model_dir
-    from training.config import load_config
+    from training.config import ConfigError, load_config
     from training.evaluate import evaluate_domains
     from training.tracker import append_domain_rows
 
     data_cfg = load_config(config).data
+    if only:
+        unknown = sorted(set(only) - {s.name for s in data_cfg.sources or []})
+        if unknown:
+            raise ConfigError(f"--only {', '.join(unknown)}: no such source in {config}'s data.sources")
+        data_cfg = data_cfg.model_copy(update={"sources": [s for s in data_cfg.sources or [] if s.name in only]})
     model = find_model_dir(model_dir)
     scores = evaluate_domains(model, data_cfg, batch_size=batch_size)
     info = RunInfo.read(model)
