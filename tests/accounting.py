@@ -7,6 +7,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import OffsetSpec
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
@@ -65,6 +66,16 @@ def scrape(port: int) -> dict[str, float]:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
             out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
     return out
+
+
+def rewind_group(settings: Settings) -> None:
+    """Move the worker group's committed offsets back to the start of every partition (a stopped group only)."""
+    admin = KafkaAdminClient(**settings.kafka.client_options())
+    try:
+        tps = [TopicPartition(settings.kafka.reviews_topic, p) for p in range(settings.kafka.partitions)]
+        admin.reset_group_offsets(settings.worker.app_id, dict.fromkeys(tps, OffsetSpec.EARLIEST))
+    finally:
+        admin.close()
 
 
 def committed_to_end(settings: Settings) -> bool:

@@ -8,8 +8,6 @@ import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-from kafka import KafkaAdminClient, TopicPartition
-from kafka.admin import OffsetSpec
 from sqlalchemy import func, select
 
 from storage.db import get_engine
@@ -17,7 +15,7 @@ from storage.schema import review_sentiment as t
 from storage.trends import TrendCounters
 from stream.dlq import read_dead_letters
 from stream.settings import Settings
-from tests.accounting import assert_redis_matches_sql, committed_to_end, produce, rows_for, scrape
+from tests.accounting import assert_redis_matches_sql, committed_to_end, produce, rewind_group, rows_for, scrape
 from tests.support import wait_until
 
 BAD: list[tuple[bytes, str]] = [
@@ -105,10 +103,7 @@ def test_worker_labels_dead_letters_and_survives_a_full_replay(topics: Settings,
 
     # Replay everything: stop the worker, forget the group's offsets, start again from the beginning.
     assert worker.stop() == 0, worker.log()
-    admin = KafkaAdminClient(**opts)
-    tps = [TopicPartition(settings.kafka.reviews_topic, p) for p in range(settings.kafka.partitions)]
-    admin.reset_group_offsets(settings.worker.app_id, dict.fromkeys(tps, OffsetSpec.EARLIEST))
-    admin.close()
+    rewind_group(settings)
     assert not committed_to_end(settings)
     replay = worker_factory(settings)
     wait_until(lambda: committed_to_end(settings), 180, "the replay to reach the end", replay.log)

@@ -10,8 +10,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
-from kafka import KafkaAdminClient, TopicPartition
-from kafka.admin import OffsetSpec
 from pydantic import ValidationError
 from redis.cluster import RedisCluster
 
@@ -20,7 +18,7 @@ from storage.reviews import StoredLabel
 from storage.trends import HOUR, MINUTE, bucket_key, bucket_start, hour_tag
 from stream.services import trend_counters
 from stream.settings import Settings
-from tests.accounting import assert_redis_matches_sql, committed_to_end, produce, rows_for
+from tests.accounting import assert_redis_matches_sql, committed_to_end, produce, rewind_group, rows_for
 from tests.support import wait_until
 
 CLUSTER_URL = os.environ.get("SENTIMENT_TEST_REDIS_CLUSTER_URL", "redis://127.0.0.1:7000/0")
@@ -121,10 +119,7 @@ def test_a_worker_on_the_cluster_counts_what_postgres_holds_also_after_a_replay(
                "every event stored and committed", worker.log)
     assert_redis_matches_sql(settings, uid)
     assert worker.stop() == 0, worker.log()
-    admin = KafkaAdminClient(**settings.kafka.client_options())
-    tps = [TopicPartition(settings.kafka.reviews_topic, p) for p in range(settings.kafka.partitions)]
-    admin.reset_group_offsets(settings.worker.app_id, dict.fromkeys(tps, OffsetSpec.EARLIEST))
-    admin.close()
+    rewind_group(settings)
     assert not committed_to_end(settings)
     replay = worker_factory(settings)
     wait_until(lambda: committed_to_end(settings), 180, "the replay to reach the end", replay.log)
