@@ -34,7 +34,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from private_stack import PrivateStack, log, private_stack, tweets  # noqa: E402
+from private_stack import PrivateStack, delete_redis_prefix, log, private_stack, tweets  # noqa: E402
 
 from storage.reviews import LabelledReview, StoredLabel, insert_reviews  # noqa: E402
 from stream.events import RawRecord, ValidEvent, parse_record  # noqa: E402
@@ -154,9 +154,7 @@ def redis_count(stack: PrivateStack, stored: list[StoredLabel], batch: int) -> t
         used = sum(client.memory_usage(k) or 0 for k in keys)
         return per_s, used / len(stored), (usec1 - usec0) / len(stored), calls1 - calls0 - mine
     finally:
-        keys = list(client.scan_iter(match=pattern, count=1000))
-        for i in range(0, len(keys), 500):
-            client.delete(*keys[i:i + 500])
+        delete_redis_prefix(stack.settings)
         left = list(client.scan_iter(match=pattern, count=1000))
         assert not left, f"{len(left)} Redis keys under {pattern} left"
 

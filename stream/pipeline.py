@@ -284,10 +284,7 @@ class BatchProcessor:
         valid: list[tuple[RawRecord, ValidEvent]] = []
         rejected: list[DeadLetter] = []
         for record in records:
-            try:
-                judged = parse_record(record, self.max_text_chars, self.max_metadata_bytes)
-            except Exception as e:  # parse_record never raises; if it ever does, it is still this record's
-                judged = Rejection.failure("judge", e)
+            judged = parse_record(record, self.max_text_chars, self.max_metadata_bytes)  # never raises
             if isinstance(judged, Rejection):
                 rejected.append(DeadLetter.of(record, judged))
             else:
@@ -507,11 +504,8 @@ def _about_postgres(e: BaseException) -> bool:
 
 def _db_detail(e: BaseException) -> str:
     orig = getattr(e, "orig", None)
-    if isinstance(e, sa_exc.StatementError) and isinstance(orig, BaseException):
-        first = describe(orig).splitlines()
-        return first[0] if first else type(orig).__name__
-    first = describe(e).splitlines()
-    return first[0] if first else type(e).__name__
+    target = orig if isinstance(e, sa_exc.StatementError) and isinstance(orig, BaseException) else e
+    return describe(target).splitlines()[0]  # describe() is never empty: "Type: message"
 
 
 def _prediction_problem(p: Prediction) -> str | None:

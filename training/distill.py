@@ -17,7 +17,8 @@ import torch
 from sentiment_model.artifact import find_model_dir
 from sentiment_model.labels import LABELS
 from sentiment_model.predictor import predictor_from_settings, release_memory
-from sentiment_model.settings import ModelSettings, model_settings_from_env
+from sentiment_model.settings import ModelSettings
+from training.evaluate import serving_settings
 
 
 def teacher_probabilities(teachers: Sequence[str | Path], texts: Sequence[str], temperature: float = 1.0,
@@ -26,8 +27,7 @@ def teacher_probabilities(teachers: Sequence[str | Path], texts: Sequence[str], 
 
     ``teachers``: model or run directories; ``model``: serving settings (default ``SENTIMENT_MODEL__*``).
     """
-    settings = (model or model_settings_from_env()).model_copy(
-        update={"batch_size": batch_size, "cuda_batch_size": batch_size})
+    settings = serving_settings(model, batch_size)
     total = np.zeros((len(texts), len(LABELS)), dtype=np.float64)
     threads = torch.get_num_threads()  # the predictor sets its own; training continues with the run's
     try:

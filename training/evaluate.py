@@ -39,6 +39,14 @@ class DataSpec:
     clean: CleaningConfig | None = None  # extra cleaning before the predictor's own (default: none)
 
 
+def serving_settings(model: ModelSettings | None, batch_size: int | None) -> ModelSettings:
+    """The settings the worker serves with (``SENTIMENT_MODEL__*`` unless given), with an offline batch size."""
+    settings = model or model_settings_from_env()
+    if batch_size:
+        settings = settings.model_copy(update={"batch_size": batch_size, "cuda_batch_size": batch_size})
+    return settings
+
+
 def evaluate_model(
     model_dir: str | Path,
     data: DataSpec,
@@ -56,10 +64,7 @@ def evaluate_model(
     """
     model_dir = require_model_dir(model_dir)
     if predictor is None:
-        settings = model or model_settings_from_env()
-        if batch_size:
-            settings = settings.model_copy(update={"batch_size": batch_size, "cuda_batch_size": batch_size})
-        predictor = predictor_from_settings(settings, model_dir)
+        predictor = predictor_from_settings(serving_settings(model, batch_size), model_dir)
     split = load_split_file(data.path, fmt=data.format, text_column=data.text_column,
                             label_column=data.label_column, label_map=data.label_map, cleaning=data.clean or RAW,
                             split=data.split)
@@ -118,10 +123,7 @@ def evaluate_domains(model_dir: str | Path, data_cfg: DataConfig, *, model: Mode
         raise DataError("the data section has no test split to score; give data.test or a split with test > 0")
     if not test.domains:
         test = Split(test.texts, test.labels, ["data"] * len(test))
-    settings = model or model_settings_from_env()
-    if batch_size:
-        settings = settings.model_copy(update={"batch_size": batch_size, "cuda_batch_size": batch_size})
-    predictor = predictor_from_settings(settings, model_dir)
+    predictor = predictor_from_settings(serving_settings(model, batch_size), model_dir)
     preds = predictor.predict_logits(test.texts).argmax(-1).numpy()
     too_long = over_window(test.texts, predictor.tokenizer, predictor.max_length)
     return domain_scores(test, preds, too_long)

@@ -236,7 +236,8 @@ def compare(
         registry.get_version(engine, version)
         c = shadow_store.compare(engine, version)
         deps = shadow_store.deployments(engine, version)
-        prod = next((v.version for v in registry.list_versions(engine) if v.stage == "production"), None)  # a name
+        record = registry.production_record(engine)  # a name only: nothing is loaded
+        prod = record.version if record else None
     versions = sorted(c.production_versions.items(), key=lambda kv: -kv[1])
     against = ", ".join(f"{v} ({n} reviews)" for v, n in versions) or prod or "-"
     console.print(f"shadow evaluation of {version} against production {against}")
