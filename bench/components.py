@@ -25,8 +25,10 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from private_stack import PrivateStack, delete_redis_prefix, log, private_stack, tweets  # noqa: E402
+from private_stack import PrivateStack, delete_redis_prefix, log, private_stack  # noqa: E402
+from private_stack import texts as bench_texts  # noqa: E402
 
 from storage.reviews import LabelledReview, StoredLabel, insert_reviews  # noqa: E402
 from stream.events import RawRecord, ValidEvent, parse_record  # noqa: E402
@@ -51,7 +54,7 @@ def minilm_dir() -> Path:
 
 
 def events(n: int) -> list[dict[str, Any]]:
-    texts = [t for t, _ in tweets("test")]
+    texts = bench_texts("test")
     now = datetime.now(UTC).isoformat()
     return [{"review_id": f"c-{i}", "text": texts[i % len(texts)], "source": f"s{i % 7}", "created_at": now}
             for i in range(n)]
@@ -192,51 +195,118 @@ def predictor(texts: list[str], quantize: str, threads: int, tmp: Path) -> float
     return len(texts) / (time.perf_counter() - t0)
 
 
+@dataclass
+class WorkerRun:
+    """What ``worker_pipeline`` measured: the workers' summed rate, their CPU per event, their memory each."""
+
+    per_s: float
+    cpu_us_per_event: float
+    workers: int
+    rss_mb: list[float]  # resident set of each worker at the end (shared library pages counted in each)
+    pss_mb: list[float]  # proportional set: shared pages divided among the processes that map them
+    produce_s: float = 0.0  # several workers: how long producing the events took (inside the measured window)
+
+
+def proc_memory_mb(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) of a process in MiB, from /proc (PSS: what it adds beside processes sharing its pages)."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+    return tuple(int(fields[k].split()[0]) / 1024 for k in ("Rss", "Pss"))  # type: ignore[return-value]
+
+
+def timed(fn: Callable[..., Any], *args: Any) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def group_members(stack: PrivateStack) -> int:
+    """Members of the workers' consumer group once it is stable (0 while it rebalances or is empty)."""
+    admin = kafka_admin(stack.settings)
+    try:
+        group = admin.describe_groups([stack.settings.worker.app_id])[stack.settings.worker.app_id]
+    except Exception:  # the coordinator is still loading, or no group yet
+        return 0
+    finally:
+        admin.close()
+    state = str(group.get("group_state") or group.get("state") or "")
+    return len(group.get("members") or []) if state.lower() == "stable" else 0
+
+
 def worker_pipeline(stack: PrivateStack, n: int, tmp: Path, model: Path | None = None,
-                    during: Callable[[int], Any] | None = None) -> tuple[float, float]:
-    """A real `sentiment worker` whose model costs almost nothing (default: the tests' 2-layer, 32-wide model):
-    what the worker itself (Faust, micro-batches, sinks, acks) can carry, i.e. a GPU worker's ceiling. Events
-    are produced first; the rate is first row to last row. Also the worker's CPU microseconds per event.
-    ``during(pid)`` is called once the first row is stored (e.g. to start a profiler); what it returns is
-    closed (``wait()``) after the last."""
+                    during: Callable[[int], Any] | None = None, workers: int = 1, threads: int | None = 1
+                    ) -> WorkerRun:
+    """Real `sentiment worker` processes whose model costs almost nothing (default: the tests' 2-layer, 32-wide
+    model): what workers themselves (Faust, micro-batches, sinks, acks) can carry, i.e. a GPU worker's ceiling.
+
+    ``workers`` processes join one consumer group on a topic of at least that many partitions. One worker: the
+    events are produced first. Several: the events are produced once the group is stable with every worker in
+    it (so no rebalance falls inside the measurement), while they consume; ``produce_s`` says how long that took:
+    when it is most of the window, the producer set the pace and the rate is a lower bound. Either way the rate
+    (several: their sum) runs from the first row to the last. Also the workers' CPU
+    microseconds per event, summed, and each one's memory. ``during(pid)`` is called with the first worker once
+    the clock starts (e.g. to start a profiler); what it returns is closed (``wait()``) after the last row."""
     from sqlalchemy import text
 
     from tests.support import make_tiny_model
 
     model = model or make_tiny_model(tmp / "tiny")
     watcher = None
-    k = stack.settings.kafka  # a topic of its own: the worker's group reads only these events
+    k = stack.settings.kafka  # a topic of its own: the workers' group reads only these events
     own = PrivateStack(stack.uid, stack.settings.model_copy(update={"kafka": k.model_copy(update={
-        "reviews_topic": f"{k.reviews_topic}-w", "dlq_topic": f"{k.dlq_topic}-w"})}), stack.engine, tmp)
+        "reviews_topic": f"{k.reviews_topic}-w", "dlq_topic": f"{k.dlq_topic}-w",
+        "partitions": max(k.partitions, workers)})}), stack.engine, tmp)
     create_topics(own.settings)
     try:
-        own.produce([{**e, "review_id": f"w-{i}"} for i, e in enumerate(events(n))])
-        proc = own.start_worker(SENTIMENT_MODEL__DIR=str(model), SENTIMENT_MODEL__VERSION="tiny",
-                                SENTIMENT_MODEL__THREADS="1")
+        evs = [{**e, "review_id": f"w-{i}"} for i, e in enumerate(events(n))]
+        if workers == 1:
+            own.produce(evs)
+        procs = [own.start_worker(SENTIMENT_MODEL__DIR=str(model), SENTIMENT_MODEL__VERSION="tiny",
+                                  SENTIMENT_MODEL__THREADS=str(threads or 1)) for _ in range(workers)]
 
         def rows() -> int:
             with stack.engine.connect() as conn:
                 return conn.execute(text("SELECT count(*) FROM review_sentiment WHERE review_id LIKE 'w-%'")
                                     ).scalar_one()
 
+        def check(what: str) -> None:
+            for i, p in enumerate(procs):
+                if p.poll() is not None:
+                    raise RuntimeError(f"worker {i} exited {what}:\n{own.worker_log(i)[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out {what}:\n{own.worker_log(0)[-3000:]}")
+
         deadline = time.monotonic() + 600
-        while rows() == 0:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the worker stored nothing:\n{own.worker_log()[-3000:]}")
+        producing = None
+        if workers > 1:  # the group is stable with every worker in it before the first event: no rebalance inside
+            while group_members(own) < workers:
+                check("before every worker joined")
+                time.sleep(0.2)
+            produced: list[float] = []
+            producing = threading.Thread(target=lambda: produced.append(timed(own.produce, evs)), daemon=True)
+            producing.start()
+        while rows() == 0:  # the clock starts at the first row
+            check("before the first row")
             time.sleep(0.05)
-        t0, cpu0, first = time.perf_counter(), proc_cpu_s(proc.pid), rows()
-        watcher = during(proc.pid) if during else None
+        t0, first = time.perf_counter(), rows()
+        cpu0 = sum(proc_cpu_s(p.pid) for p in procs)
+        if first >= n:
+            raise RuntimeError(f"all {n} rows were stored in the first poll: produce more events")
+        watcher = during(procs[0].pid) if during else None
         while (done := rows()) < n:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the worker stopped at {done}/{n} rows:\n{own.worker_log()[-3000:]}")
+            check(f"at {done}/{n} rows")
             time.sleep(0.05)
-        wall, cpu = time.perf_counter() - t0, proc_cpu_s(proc.pid) - cpu0
-        return (n - first) / wall, cpu * 1e6 / (n - first)
+        wall, cpu = time.perf_counter() - t0, sum(proc_cpu_s(p.pid) for p in procs) - cpu0
+        memory = [proc_memory_mb(p.pid) for p in procs]
+        if producing is not None:
+            producing.join(60)
+        return WorkerRun((n - first) / wall, cpu * 1e6 / (n - first), workers, [round(m[0], 1) for m in memory],
+                         [round(m[1], 1) for m in memory], round(produced[0], 1) if producing and produced else 0.0)
     finally:
         if watcher is not None:
             watcher.wait()
         for p in own.workers:
             p.terminate()
+        for p in own.workers:
             p.wait(60)
         admin = kafka_admin(own.settings)
         try:
@@ -278,13 +348,14 @@ def main() -> None:
         if args.worker_events:
             tmp = Path(tempfile.mkdtemp(prefix="bench-components-"))
             try:
-                comps["worker_pipeline_free_model"], CPU_US["worker_pipeline_free_model"] = worker_pipeline(
-                    stack, args.worker_events, tmp)
+                run = worker_pipeline(stack, args.worker_events, tmp)
+                comps["worker_pipeline_free_model"] = run.per_s
+                CPU_US["worker_pipeline_free_model"] = run.cpu_us_per_event
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             log(f"worker with a free model: {comps['worker_pipeline_free_model']:,.0f}/s, "
                 f"{CPU_US['worker_pipeline_free_model']:.0f} us of its CPU per event")
-    texts = [t for t, _ in tweets("test")][:args.texts]
+    texts = bench_texts("test")[:args.texts]
     for batch in (8, 256):
         comps[f"tokenizer_batch{batch}"] = tokenizer(texts, batch)
         log(f"tokenizer, batches of {batch}: {comps[f'tokenizer_batch{batch}']:,.0f} texts/s")

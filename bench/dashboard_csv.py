@@ -3,7 +3,7 @@
     python bench/dashboard_csv.py --rows 1000 --json bench/results/dashboard_csv.json
 
 Runs the page's own code path (``sentiment_app.dashboard.classify.classify_upload`` ->
-``sentiment_app.csv_labelling.classify_csv`` -> the worker's Predictor) on a DistilBERT-base-sized model
+``sentiment_app.csv_labelling.label_csv`` -> the worker's Predictor) on a DistilBERT-base-sized model
 with random weights (speed does not depend on the weights) and tweet-length texts (TweetEval test when
 ../shared/data has it). The model is warmed up first, as it is in a running dashboard after its first
 request. Target: >= 1,000 rows/minute. The CPU time and load average are recorded too: on a shared
@@ -60,7 +60,7 @@ def main() -> None:
                              on_progress=lambda done: print(f"  {done}/{args.rows} rows", flush=True))
     cpu_seconds = time.process_time() - cpu_start
     labelled = list(csv.DictReader(io.StringIO(result.data.decode())))
-    assert len(labelled) == args.rows and all(r["label"] for r in labelled), "one label per row expected"
+    assert len(labelled) == args.rows and all(r[result.label_col] for r in labelled), "one label per row expected"
     report = {
         "rows": result.rows,
         "seconds": round(result.seconds, 2),

@@ -4,7 +4,8 @@ It takes batches with ``noack_take`` (as stream.app does), judges each value as 
 (``stream.events.parse_record``), acks each event, and nothing else: no model, no sinks, no metrics.
 Settings come from ``SENTIMENT_*`` like the worker's (topic, group, batch size); the consumer options are
 the worker's (stream.app.create_app). When ``BARE_EVENTS`` events have been seen it writes
-``{"per_s": ..., "events": ...}`` (first event to last) to ``BARE_RESULT`` and the caller stops it.
+``{"per_s": ..., "events": ..., "cpu_us_per_event": ...}`` (first event to last; CPU: the process's, all
+threads) to ``BARE_RESULT`` and the caller stops it.
 
     BARE_EVENTS=20000 BARE_RESULT=/tmp/bare.json python bench/faust_bare.py worker -l warn
 """
@@ -40,10 +41,10 @@ topic = app.topic(k.reviews_topic, key_type=bytes, value_type=bytes, key_seriali
 
 @app.agent(topic, concurrency=1)
 async def bare(stream: faust.StreamT) -> None:
-    total, first, first_n = 0, 0.0, 0
+    total, first, first_n, cpu0 = 0, 0.0, 0, 0.0
     async for events in stream.noack_take(w.batch_max, within=w.batch_within_s):
         if not first:  # the rate counts the events after the first batch, from when that batch arrived
-            first, first_n = time.perf_counter(), len(events)
+            first, first_n, cpu0 = time.perf_counter(), len(events), time.process_time()
         for e in events:
             m = e.message
             parse_record(RawRecord(m.topic, m.partition, m.offset, None, m.key, m.value), w.max_text_chars,
@@ -51,8 +52,8 @@ async def bare(stream: faust.StreamT) -> None:
             await stream.ack(e)
         total += len(events)
         if total >= target and not result.exists():
-            result.write_text(json.dumps({"per_s": (total - first_n) / (time.perf_counter() - first),
-                                          "events": total}))
+            result.write_text(json.dumps({"per_s": (total - first_n) / (time.perf_counter() - first), "events": total,
+                                          "cpu_us_per_event": (time.process_time() - cpu0) * 1e6 / (total - first_n)}))
 
 
 if __name__ == "__main__":

@@ -99,13 +99,16 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1000, help="texts per throughput measurement")
     ap.add_argument("--f1-rows", type=int, default=0, help="labelled rows for the F1 comparison (0: all)")
     ap.add_argument("--batch", type=int, default=32, help="texts per forward pass on the CPU")
-    ap.add_argument("--cuda-batch", type=int, default=256)
+    ap.add_argument("--cuda-batch", type=int, nargs="+", default=[256], help="texts per forward pass on a GPU: "
+                    "one cuda path per value (e.g. 64 256 1024)")
+    ap.add_argument("--paths", default="cpu_fp32,cpu_int8,cuda", help="which serving paths to measure (comma list)")
+    ap.add_argument("--speed-only", action="store_true", help="throughput only: no F1, no hot-swap memory check")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores given)")
     ap.add_argument("--swaps", type=int, default=10, help="hot swaps for the memory check (0: skip)")
     args = ap.parse_args()
 
     model_dir = args.model or newest_run_model()
-    f1_possible = model_dir is not None
+    f1_possible = model_dir is not None and not args.speed_only
     if model_dir is None:
         from bench.pipeline import distilbert_base_random
 
@@ -114,8 +117,10 @@ def main() -> None:
     max_length = RunInfo.read(model_dir).max_length or 128
     data = tweeteval_test()
     if data is None:
+        from bench.private_stack import texts as speed_texts  # synthetic tweets of about 40 tokens
+
         log(f"{SHARED / 'tweeteval_sentiment'} not found: synthetic texts, F1 not measured")
-        texts = [f"review {i}: the delivery was late but the product itself is pretty good" for i in range(100)]
+        texts = speed_texts("test")
         labels: list[int] = []
         f1_possible = False
     else:
@@ -124,10 +129,14 @@ def main() -> None:
     threads = args.threads or cores_given()
     log(f"model {model_dir} (max_length {max_length}); {len(bench_texts)} texts; {threads} threads")
 
-    paths: dict[str, dict] = {"cpu_fp32": {"device": "cpu", "quantize": "none"},
-                              "cpu_int8": {"device": "cpu", "quantize": "int8"}}
-    if torch.cuda.is_available():
-        paths["cuda_autocast"] = {"device": "cuda", "cuda_batch_size": args.cuda_batch}
+    wanted = set(args.paths.split(","))
+    paths: dict[str, dict] = {name: {"device": "cpu", "quantize": q} for name, q in
+                              (("cpu_fp32", "none"), ("cpu_int8", "int8"), ("cpu_onnx_fp32", "onnx"),
+                               ("cpu_onnx_int8", "onnx-int8")) if name in wanted}  # all four: bench/cpu_paths.py
+    if torch.cuda.is_available() and "cuda" in wanted:
+        for b in args.cuda_batch:  # the first keeps the old name; the others are named by their batch
+            paths["cuda_autocast" if b == args.cuda_batch[0] else f"cuda_autocast_b{b}"] = {
+                "device": "cuda", "cuda_batch_size": b}
     result: dict = {"model": str(model_dir), "max_length": max_length, "threads": threads,
                     "events": len(bench_texts), "paths": {}}
     rows = len(texts) if args.f1_rows <= 0 else min(args.f1_rows, len(texts))
@@ -148,9 +157,10 @@ def main() -> None:
         del p
         release_memory()
 
-    fp32, int8 = result["paths"]["cpu_fp32"], result["paths"]["cpu_int8"]
-    result["int8_over_fp32_throughput"] = round(int8["reviews_per_s"] / fp32["reviews_per_s"], 2)
-    if f1_possible:
+    fp32, int8 = result["paths"].get("cpu_fp32"), result["paths"].get("cpu_int8")
+    if fp32 and int8:
+        result["int8_over_fp32_throughput"] = round(int8["reviews_per_s"] / fp32["reviews_per_s"], 2)
+    if f1_possible and fp32 and int8:
         result["f1_rows"] = rows
         result["int8_minus_fp32_macro_f1_points"] = round(100 * (int8["macro_f1"] - fp32["macro_f1"]), 2)
         agree = sum(a == b for a, b in zip(preds["cpu_fp32"], preds["cpu_int8"], strict=True)) / rows
@@ -158,8 +168,8 @@ def main() -> None:
     else:
         result["f1_note"] = "not measured: no fine-tuned model or no labelled TweetEval test set"
     if "cuda_autocast" not in paths:
-        result["cuda_note"] = "no GPU on this machine: the cuda path is unmeasured"
-    if args.swaps:
+        result["cuda_note"] = "no GPU on this machine (or not asked for): the cuda path is unmeasured"
+    if args.swaps and not args.speed_only:
         result["hot_swap_rss"] = swap_rss(model_dir, {"device": "cpu", "threads": threads, "max_length": max_length},
                                           args.swaps)
         log(f"RSS across {args.swaps} swaps: {result['hot_swap_rss']}")

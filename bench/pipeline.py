@@ -17,9 +17,7 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -34,16 +32,17 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from private_stack import PrivateStack, private_stack  # noqa: E402  (bench/)
+from private_stack import texts as bench_texts  # noqa: E402
 
 from sentiment_model.artifact import is_model_dir  # noqa: E402
 from sentiment_model.predictor import Predictor  # noqa: E402
-from storage.db import get_engine  # noqa: E402
+from storage.schema import review_key as key  # noqa: E402
 from storage.schema import review_sentiment as t  # noqa: E402
 from storage.trends import HOUR, TrendCounters  # noqa: E402
-from stream.services import create_topics, kafka_admin  # noqa: E402
 from stream.settings import Settings  # noqa: E402
-
-SHARED = Path(os.environ.get("SENTIMENT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def log(msg: str) -> None:
@@ -51,13 +50,8 @@ def log(msg: str) -> None:
 
 
 def tweet_texts(n: int) -> list[str]:
-    path = SHARED / "tweeteval_sentiment" / "test_text.txt"
-    if path.exists():
-        lines = [s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
-    else:
-        log(f"{path} not found; using synthetic tweet-length texts")
-        lines = [f"review {i}: the delivery was late but the product itself is pretty good, would buy again"
-                 for i in range(n)]
+    """n tweets: TweetEval test from ../shared/data when present, else synthetic ones (bench/private_stack.py)."""
+    lines = bench_texts("test")
     return [lines[i % len(lines)] for i in range(n)]
 
 
@@ -86,20 +80,21 @@ def measure_ceiling(predictor: Predictor, texts: list[str], batch: int) -> float
     return len(texts) / (time.perf_counter() - start)
 
 
-def measure_naive(predictor: Predictor, texts: list[str], settings: Settings, tag: str) -> float:
+def measure_naive(predictor: Predictor, texts: list[str], stack: PrivateStack, tag: str) -> float:
     """One model call, one ORM insert + commit, one Redis INCR per event: what batching saves us from."""
-    engine = get_engine(settings.postgres.url.get_secret_value())
-    r = redis.Redis.from_url(settings.redis.url.get_secret_value())
+    r = redis.Redis.from_url(stack.settings.redis.url.get_secret_value())
     start = time.perf_counter()
-    with Session(engine) as session:
+    with Session(stack.engine) as session:
         for i, text in enumerate(tqdm(texts, desc="naive (per event)", unit="ev", mininterval=2)):
             p = predictor.predict([text])[0]
+            when = datetime.now(UTC)
+            session.execute(key.insert().values(review_id=f"naive-{tag}-{i}", created_at=when))
             session.execute(t.insert().values(
-                review_id=f"naive-{tag}-{i}", text=text, source=f"naive-{tag}", created_at=datetime.now(UTC),
+                review_id=f"naive-{tag}-{i}", text=text, source=f"naive-{tag}", created_at=when,
                 label=p.label, score=p.score, p_negative=p.probs["negative"], p_neutral=p.probs["neutral"],
                 p_positive=p.probs["positive"], model_version="naive"))
             session.commit()
-            r.incr(f"{settings.redis.key_prefix}:naive:{p.label}")
+            r.incr(f"{stack.settings.redis.key_prefix}:naive:{p.label}")
     return len(texts) / (time.perf_counter() - start)
 
 
@@ -123,35 +118,36 @@ def produce(settings: Settings, texts: list[str], tag: str, start: int = 0, rate
     return sent_at
 
 
-def stored_count(settings: Settings, tag: str) -> int:
-    with get_engine(settings.postgres.url.get_secret_value()).connect() as conn:
+def stored_count(stack: PrivateStack, tag: str) -> int:
+    with stack.engine.connect() as conn:
         return conn.execute(select(func.count()).where(t.c.source == tag)).scalar_one()
 
 
-def redis_total(settings: Settings, tag: str) -> int:
-    counters = TrendCounters.from_url(settings.redis.url.get_secret_value(), prefix=settings.redis.key_prefix)
+def redis_total(stack: PrivateStack, tag: str) -> int:
+    s = stack.settings
+    counters = TrendCounters.from_url(s.redis.url.get_secret_value(), prefix=s.redis.key_prefix)
     return sum(b.counts[k] for b in counters.read(HOUR, 2, source=tag) for k in b.counts)
 
 
-def wait_for(settings: Settings, tag: str, target: int, worker: psutil.Process, timeout: float,
-             rss: list[float], log_path: Path) -> tuple[float, int, float]:
+def wait_for(stack: PrivateStack, tag: str, target: int, worker: psutil.Process, timeout: float,
+             rss: list[float]) -> tuple[float, int, float]:
     """Poll until `target` rows: (time first row seen, rows then, time target reached)."""
     first_t, first_n = 0.0, 0
     deadline = time.monotonic() + timeout
     with tqdm(total=target, desc="worker: rows stored", unit="ev", mininterval=2) as bar:
         while time.monotonic() < deadline:
-            n = stored_count(settings, tag)
+            n = stored_count(stack, tag)
             now = time.perf_counter()
             bar.update(n - bar.n)
             if not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE:
-                raise SystemExit(f"the worker exited; its log:\n{log_path.read_text()[-3000:]}")
+                raise SystemExit(f"the worker exited; its log:\n{stack.worker_log()[-3000:]}")
             rss.append(worker.memory_info().rss / 2**20)
             if n and not first_t:
                 first_t, first_n = now, n
             if n >= target:
                 return first_t, first_n, now
             time.sleep(0.1)
-    raise SystemExit(f"timed out: {stored_count(settings, tag)}/{target} rows after {timeout:.0f}s")
+    raise SystemExit(f"timed out: {stored_count(stack, tag)}/{target} rows after {timeout:.0f}s")
 
 
 def main() -> None:
@@ -163,23 +159,21 @@ def main() -> None:
     ap.add_argument("--naive-events", type=int, default=200)
     ap.add_argument("--latency-seconds", type=float, default=30.0)
     ap.add_argument("--profile", type=Path, help="with --model null: py-spy the worker, top functions here")
+    ap.add_argument("--model-batch", type=int, help="with --model null: texts per forward pass (default: settings)")
+    ap.add_argument("--workers", type=int, default=1, help="also N worker processes in one group, their sum")
     args = ap.parse_args()
     if args.model == Path("null"):  # the pipeline's own cost vs its components (bench/pipeline_null.py)
         from pipeline_null import run
 
-        run(args.events, args.json, args.profile, args.batch_max)
+        run(args.events, args.json, args.profile, args.batch_max, args.model_batch, args.workers)
         return
 
     tag = f"bench-{uuid.uuid4().hex[:8]}"
-    base = Settings()
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = args.model or distilbert_base_random(REPO / ".stack" / "bench-model")
-        settings = base.model_copy(update={
-            "kafka": base.kafka.model_copy(update={"reviews_topic": f"{tag}-reviews", "dlq_topic": f"{tag}-dlq"}),
-            "model": base.model.model_copy(update={"dir": model_dir, "version": tag}),
-            "worker": base.worker.model_copy(update={"app_id": f"{tag}-worker",
-                                                     **({"batch_max": args.batch_max} if args.batch_max else {})}),
-        })
+    model_dir = args.model or distilbert_base_random(REPO / ".stack" / "bench-model")
+    worker = {"batch_max": args.batch_max} if args.batch_max else {}
+    # Its own schema, topics, consumer group and Redis prefix (bench/private_stack.py), all removed afterwards.
+    with private_stack("pipeline", threads=os.cpu_count() or 1, **worker) as stack:
+        settings = stack.settings
         batch = settings.worker.batch_max
         texts = tweet_texts(args.events)
         log(f"model {model_dir}; {len(texts)} events; micro-batch {batch}, model batch {settings.model.batch_size}")
@@ -188,44 +182,46 @@ def main() -> None:
                               batch_size=settings.model.batch_size, threads=settings.model.threads)
         ceiling = measure_ceiling(predictor, texts, batch)
         log(f"ceiling: {ceiling:.1f} ev/s")
-        naive = measure_naive(predictor, texts[: args.naive_events], settings, tag)
+        naive = measure_naive(predictor, texts[: args.naive_events], stack, tag)
         log(f"naive: {naive:.1f} ev/s")
         del predictor
 
-        create_topics(settings)
         produce(settings, texts, tag, desc="pre-loading the topic")
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("SENTIMENT_")}, **settings.to_env(),
-               "PYTHONUNBUFFERED": "1"}
-        log_path = Path(tmp) / "worker.log"
-        proc = subprocess.Popen([sys.executable, "-m", "sentiment_app", "worker"], cwd=REPO, env=env,
-                                stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
+        proc = stack.start_worker(SENTIMENT_MODEL__DIR=str(model_dir), SENTIMENT_MODEL__VERSION=tag)
         rss: list[float] = []
-        try:
-            worker = psutil.Process(proc.pid)
-            first_t, first_n, last_t = wait_for(settings, tag, len(texts), worker, 3600, rss, log_path)
-            e2e = (len(texts) - first_n) / (last_t - first_t)
-            log(f"end to end: {e2e:.1f} ev/s")
+        worker_proc = psutil.Process(proc.pid)
+        first_t, first_n, last_t = wait_for(stack, tag, len(texts), worker_proc, 3600, rss)
+        e2e = (len(texts) - first_n) / (last_t - first_t)
+        log(f"end to end: {e2e:.1f} ev/s")
 
-            # Latency at a steady half load: produce time -> row committed (processed_at).
-            rate = e2e / 2
-            n_lat = max(50, int(rate * args.latency_seconds))
-            sent_at = produce(settings, tweet_texts(n_lat), tag, start=len(texts), rate=rate,
-                              desc=f"latency phase at {rate:.0f} ev/s")
-            wait_for(settings, tag, len(texts) + n_lat, worker, 600, rss, log_path)
-            with get_engine(settings.postgres.url.get_secret_value()).connect() as conn:
-                done = dict(conn.execute(select(t.c.review_id, t.c.processed_at).where(
-                    t.c.review_id.in_(list(sent_at)))).all())
-            lat = sorted((done[r].timestamp() - s) * 1000 for r, s in sent_at.items())
-            time.sleep(1.0)
-            total = len(texts) + n_lat
-            rows = stored_count(settings, tag)
-            counted = redis_total(settings, tag)
-        finally:
-            proc.terminate()
-            proc.wait(60)
-            admin = kafka_admin(settings)
-            admin.delete_topics([settings.kafka.reviews_topic, settings.kafka.dlq_topic], raise_errors=False)
-            admin.close()
+        # Latency at a steady half load: produce time -> row committed (processed_at).
+        rate = e2e / 2
+        n_lat = max(50, int(rate * args.latency_seconds))
+        sent_at = produce(settings, tweet_texts(n_lat), tag, start=len(texts), rate=rate,
+                          desc=f"latency phase at {rate:.0f} ev/s")
+        wait_for(stack, tag, len(texts) + n_lat, worker_proc, 600, rss)
+        with stack.engine.connect() as conn:
+            done = dict(conn.execute(select(t.c.review_id, t.c.processed_at).where(
+                t.c.review_id.in_(list(sent_at)))).all())
+        lat = sorted((done[r].timestamp() - s) * 1000 for r, s in sent_at.items())
+        time.sleep(1.0)
+        total = len(texts) + n_lat
+        rows = stored_count(stack, tag)
+        counted = redis_total(stack, tag)
+        device = settings.model.device
+        proc.terminate()  # the group is the workers' below (one group id per private stack)
+        proc.wait(60)
+        scaling: dict[str, object] = {}
+        if args.workers > 1:  # N worker processes, each with its own copy of the model, one group: their sum
+            from components import worker_pipeline
+
+            many = worker_pipeline(stack, args.events * args.workers, stack.tmp, model=model_dir, workers=args.workers,
+                                   threads=settings.model.threads)
+            scaling = {"workers": args.workers, "sum_per_s": round(many.per_s, 1),
+                       "sum_over_one_worker": round(many.per_s / e2e, 3), "rss_mb": many.rss_mb,
+                       "pss_mb": many.pss_mb, "cpu_us_per_event": round(many.cpu_us_per_event, 1),
+                       "produce_s": many.produce_s, "events": args.events * args.workers}
+            log(f"{args.workers} workers: {many.per_s:,.1f} ev/s together")
 
     result = {
         "events": len(texts),
@@ -245,6 +241,8 @@ def main() -> None:
         "micro_batch": batch,
         "model_batch": settings.model.batch_size,
         "model": str(model_dir),
+        "device": device,
+        **({"scaling": scaling} if scaling else {}),
         "cpu_count": os.cpu_count(),
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -33,8 +33,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import components as comp  # noqa: E402
-from private_stack import PrivateStack, log, private_stack, tweets  # noqa: E402
+from private_stack import PrivateStack, log, private_stack  # noqa: E402
+from private_stack import texts as bench_texts  # noqa: E402
 
+from sentiment_model.predictor import DEFAULT_MAX_LENGTH  # noqa: E402
 from stream.app import cache_batch_statements  # noqa: E402
 from stream.services import create_topics, kafka_admin  # noqa: E402
 
@@ -85,8 +87,9 @@ def predictor_alone(model: Path, texts: list[str], stack: PrivateStack) -> float
     return len(texts) / (time.perf_counter() - t0)
 
 
-def faust_bare(stack: PrivateStack, n: int, tmp: Path) -> float:
-    """bench/faust_bare.py on a topic of its own, preloaded with n events; first batch to the n-th event."""
+def faust_bare(stack: PrivateStack, n: int, tmp: Path) -> tuple[float, float]:
+    """bench/faust_bare.py on a topic of its own, preloaded with n events; first batch to the n-th event.
+    Returns (events per second, the agent's CPU microseconds per event)."""
     k = stack.settings.kafka
     settings = stack.settings.model_copy(update={
         "kafka": k.model_copy(update={"reviews_topic": f"{k.reviews_topic}-bare", "dlq_topic": f"{k.dlq_topic}-bare"}),
@@ -108,7 +111,8 @@ def faust_bare(stack: PrivateStack, n: int, tmp: Path) -> float:
                 raise RuntimeError(f"the bare agent did not finish:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.1)
         time.sleep(0.05)
-        return float(json.loads(result.read_text())["per_s"])
+        measured = json.loads(result.read_text())
+        return float(measured["per_s"]), float(measured["cpu_us_per_event"])
     finally:
         if proc is not None and proc.poll() is None:
             proc.terminate()
@@ -171,8 +175,10 @@ def summarise(collapsed: str, top: int = 40) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(events: int, json_out: Path, profile: Path | None, batch_max: int | None) -> dict[str, Any]:
+def run(events: int, json_out: Path, profile: Path | None, batch_max: int | None, model_batch: int | None = None,
+        workers: int = 1) -> dict[str, Any]:
     worker = {"batch_max": batch_max} if batch_max else {}
+    scaling: dict[str, Any] = {}
     up_before = uptime()
     comps: dict[str, float] = {}
     load: dict[str, float] = {}  # the 1-minute load average as each figure was taken (shared machine)
@@ -180,17 +186,21 @@ def run(events: int, json_out: Path, profile: Path | None, batch_max: int | None
     try:
         model = null_model(tmp / "null-model")
         with private_stack("null", threads=1, **worker) as stack:
+            if model_batch:  # texts per forward pass: 8 is the CPU default, a GPU takes a micro-batch at once
+                stack.settings = stack.settings.model_copy(update={
+                    "model": stack.settings.model.model_copy(update={"batch_size": model_batch})})
             s = stack.settings
+            max_length = s.model.max_length or DEFAULT_MAX_LENGTH  # the null model has no training record
             log(f"{events} events; micro-batch {s.worker.batch_max}; model batch {s.model.batch_size}, "
-                f"max_length {s.model.max_length}; {up_before}")
+                f"max_length {max_length}; {up_before}")
             evs = comp.events(events)
             stack.produce(evs)
             comps["kafka_consume_parse"], parsed = comp.kafka_consume_parse(stack, len(evs))
             load["kafka_consume_parse"] = os.getloadavg()[0]
             log(f"kafka consume + parse: {comps['kafka_consume_parse']:,.0f}/s")
-            comps["faust_bare"] = faust_bare(stack, events, tmp)
+            comps["faust_bare"], bare_cpu_us = faust_bare(stack, events, tmp)
             load["faust_bare"] = os.getloadavg()[0]
-            log(f"bare faust agent: {comps['faust_bare']:,.0f}/s")
+            log(f"bare faust agent: {comps['faust_bare']:,.0f}/s ({bare_cpu_us:.0f} us of its CPU per event)")
             rows = comp.rows_of(parsed)
             cache_batch_statements()  # as the worker does (stream.app)
             comps["postgres_insert"], stored, _, _ = comp.postgres_insert(stack, rows, s.worker.batch_max)
@@ -199,17 +209,30 @@ def run(events: int, json_out: Path, profile: Path | None, batch_max: int | None
             comps["redis_count"], _, _, _ = comp.redis_count(stack, stored, s.worker.batch_max)
             load["redis_count"] = os.getloadavg()[0]
             log(f"redis counter: {comps['redis_count']:,.0f}/s")
-            texts = [t for t, _ in tweets("test")]
+            texts = bench_texts("test")
             texts = [texts[i % len(texts)] for i in range(min(events, 10_000))]
-            comps["tokenizer"] = tokenizer_alone(model, texts, s.worker.batch_max, s.model.max_length)
+            comps["tokenizer"] = tokenizer_alone(model, texts, s.worker.batch_max, max_length)
             load["tokenizer"] = os.getloadavg()[0]
             log(f"tokenizer: {comps['tokenizer']:,.0f}/s")
             model_alone = predictor_alone(model, texts, stack)
             log(f"null predictor alone: {model_alone:,.0f}/s")
             during = (lambda pid: Profiler(pid, 30, profile)) if profile else None
-            e2e, cpu_us = comp.worker_pipeline(stack, events, tmp, model=model, during=during)
+            one = comp.worker_pipeline(stack, events, tmp, model=model, during=during)
+            e2e, cpu_us = one.per_s, one.cpu_us_per_event
             load["null_e2e"] = os.getloadavg()[0]
-            log(f"worker, null model, end to end: {e2e:,.0f}/s ({cpu_us:.0f} us of its CPU per event)")
+            log(f"worker, null model, end to end: {e2e:,.0f}/s ({cpu_us:.0f} us of its CPU per event; "
+                f"RSS {one.rss_mb[0]:,.0f} MiB, PSS {one.pss_mb[0]:,.0f} MiB)")
+            if workers > 1:  # the same in N processes of one group, each with its own model copy: their sum
+                many = comp.worker_pipeline(stack, events * workers, tmp, model=model, workers=workers)
+                load[f"null_e2e_{workers}_workers"] = os.getloadavg()[0]
+                scaling = {"workers": workers, "sum_per_s": round(many.per_s, 1),
+                           "sum_over_one_worker": round(many.per_s / e2e, 3),
+                           "sum_over_faust_bare": round(many.per_s / comps["faust_bare"], 3),
+                           "cpu_us_per_event": round(many.cpu_us_per_event, 1), "rss_mb": many.rss_mb,
+                           "pss_mb": many.pss_mb, "events": events * workers,
+                           "produce_s": many.produce_s, "measured_s": round(events * workers / many.per_s, 1)}
+                log(f"{workers} workers, null model: {many.per_s:,.0f}/s together ({many.cpu_us_per_event:.0f} us "
+                    f"of CPU per event; PSS {', '.join(f'{m:,.0f}' for m in many.pss_mb)} MiB)")
             delete_groups(stack, [s.worker.app_id, f"{s.worker.app_id}-bare"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -222,14 +245,20 @@ def run(events: int, json_out: Path, profile: Path | None, batch_max: int | None
         "null_over_faust_bare": round(e2e / comps["faust_bare"], 3),
         "null_predictor_alone_per_s": round(model_alone, 1),
         "worker_cpu_us_per_event": round(cpu_us, 1),
+        "faust_bare_cpu_us_per_event": round(bare_cpu_us, 1),
+        "bare_over_worker_cpu_per_event": round(bare_cpu_us / cpu_us, 3),  # the ratio a loaded machine skews least
+        "worker_memory_mb": {"rss": one.rss_mb[0], "pss": one.pss_mb[0]},
+        **({"scaling": scaling} if scaling else {}),
         "events": events,
         "micro_batch": s.worker.batch_max,
         "model_batch": s.model.batch_size,
-        "max_length": s.model.max_length,
+        "max_length": max_length,
         "machine": {"cores": os.cpu_count(), "uptime_before": up_before, "uptime_after": uptime(),
                     "load_1min_at_each_figure": {k: round(v, 2) for k, v in load.items()}},
         "command": "python bench/pipeline.py --model null" + f" --events {events}" +
-                   (f" --batch-max {batch_max}" if batch_max else ""),
+                   (f" --batch-max {batch_max}" if batch_max else "") +
+                   (f" --model-batch {model_batch}" if model_batch else "") +
+                   (f" --workers {workers}" if workers > 1 else ""),
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -35,12 +35,31 @@ def log(msg: str) -> None:
     print(f"[{datetime.now().strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+# Without ../shared/data (e.g. on a lent GPU machine): tweet-like texts of about 40 WordPiece tokens.
+_SYNTHETIC = (
+    "@airline flight 2417 delayed again for three hours, no updates at the gate and the app keeps saying on time, "
+    "staff just shrug and point at the screen #neveragain",
+    "honestly the new phone update fixed the battery drain, camera is sharper too. best thing they shipped this "
+    "year, still wish the charger came in the box @techsupport",
+    "watching the game tonight with friends, not sure who wins but the halftime show better be good this time, "
+    "last year was a total mess lol #sundaynight")
+
+
 def tweets(split: str) -> list[tuple[str, int]]:
     """TweetEval sentiment (text, label id) pairs of one split, from ../shared/data (read, never copied)."""
     folder = SHARED / "tweeteval_sentiment"
     texts = (folder / f"{split}_text.txt").read_text(encoding="utf-8").splitlines()
     labels = (folder / f"{split}_labels.txt").read_text(encoding="utf-8").splitlines()
     return [(t.strip(), int(y)) for t, y in zip(texts, labels, strict=True) if t.strip()]
+
+
+def texts(split: str = "test") -> list[str]:
+    """Tweets for a speed benchmark: TweetEval's when ../shared/data has them, else synthetic ones of about 40
+    tokens (e.g. on a lent GPU machine; no labels, so nothing that scores a model may use them)."""
+    if not (SHARED / "tweeteval_sentiment").is_dir():
+        log(f"{SHARED / 'tweeteval_sentiment'} not found: synthetic tweet-length texts (about 40 tokens)")
+        return [f"{_SYNTHETIC[i % 3]} {i}" for i in range(2000)]
+    return [t for t, _ in tweets(split)]
 
 
 @dataclass

@@ -34,33 +34,57 @@ console = Console()
 
 
 def ensure_model(settings: Settings) -> Path:
-    """The model that serves; else train the demo model, publish and promote it (``current`` follows)."""
+    """The model that serves, registered; else train the demo model, publish and promote it (``current`` follows).
+
+    A model served only through the ``current`` link (an older demo's, say) is published and promoted too, so
+    `sentiment models list` shows what `sentiment status` serves.
+    """
     from sentiment_model.errors import ModelNotFoundError
     from stream.serving import serving_model
 
     try:
-        return serving_model(settings)[0].artifact_dir
+        ref, source = serving_model(settings)
     except ModelNotFoundError:
-        pass
-    from sentiment_app.lifecycle import promotion
-    from sentiment_app.lifecycle.eval_sets import eval_spec
-    from storage.registry import RegistryError
+        ref, source = None, None
+    if ref is not None and source == "current":
+        return _register(settings, ref.artifact_dir.resolve(), fallback=ref.artifact_dir)
+    if ref is not None:
+        return ref.artifact_dir
     from training.config import load_config
     from training.train import run_experiment
 
     console.rule("no model yet: fine-tuning the offline MiniLM encoder on the project's sample (a few minutes)")
-    result = run_experiment(load_config(DEMO_CONFIG), settings.models_dir / "runs")
+    result = run_experiment(load_config(DEMO_CONFIG), settings.runs_dir())
     console.print(f"model trained: test macro-F1 {result.test.get('macro_f1', float('nan')):.3f}")
+    return _register(settings, result.run_dir)
+
+
+def _register(settings: Settings, run_dir: Path, fallback: Path | None = None) -> Path:
+    """Publish ``run_dir`` and promote it (forced: it is the demo's model); its artifact in the store.
+
+    With ``fallback`` (a model already served through ``current``), a registry refusal is reported and the
+    fallback kept: the demo goes on with the model it has.
+    """
+    from sentiment_app.lifecycle import promotion
+    from sentiment_app.lifecycle.eval_sets import eval_spec
+    from storage.registry import RegistryError
+
     try:
         eval_set = settings.registry.eval_set
         eval_spec(eval_set)
     except RegistryError:
         eval_set = "sample"  # the configured set's data is not on this machine
     engine = get_engine(settings.postgres.url.get_secret_value())
-    version = promotion.publish(settings, engine, result.run_dir, eval_set)
-    decision = promotion.promote(settings, engine, version.version, force=True)
+    try:
+        version = promotion.publish(settings, engine, run_dir, eval_set)
+        decision = promotion.promote(settings, engine, version.version, force=True)
+    except RegistryError as e:
+        if fallback is None:
+            raise
+        console.print(f"serving {fallback} unregistered: {e}", markup=False)
+        return fallback
     console.print(f"registered {version.version} (macro-F1 {version.score:.3f} on {eval_set}) and promoted it: "
-                  f"{decision.reason}; {settings.models_dir / 'current'} points at it")
+                  f"{decision.reason}; {settings.models_dir / 'current'} points at it", markup=False)
     return version.artifact_dir
 
 

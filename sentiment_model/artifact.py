@@ -1,20 +1,23 @@
 """What a model directory is, and the one reader of the ``training_run.json`` training leaves in it.
 
 A model directory is a Hugging Face directory (``config.json``, weights, tokenizer). Training adds
-``training_run.json`` (run id, resolved config, scores) and ``reference_profile.json``
-(``sentiment_model.profile``). A run directory holds the model under ``model/``.
+``training_run.json`` (run id, resolved config, scores, the score temperature fitted on validation) and
+``reference_profile.json`` (``sentiment_model.profile``). A run directory holds the model under ``model/``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sentiment_model.cleaning import CleaningConfig
 from sentiment_model.errors import ModelNotFoundError, UserError
+from sentiment_model.long_text import LongTextConfig
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,7 @@ class RunInfo:
     @classmethod
     def _bad(cls, path: Path, what: str, strict: bool) -> RunInfo:
         if strict:
-            raise UserError(f"{path} {what}; fix or remove it and publish again")
+            raise UserError(f"{path} {what}; fix or remove it and try again")
         log.warning("%s %s; treating the model as trained elsewhere", path, what)
         return cls()
 
@@ -87,16 +90,50 @@ class RunInfo:
         return self.config.get("max_length")
 
     @property
+    def temperature(self) -> float:
+        """The softmax temperature fitted on validation (``calibration.temperature``, ``training.calibration``);
+        1 (the raw softmax) for a model without one, or with one that is not a positive number (warned)."""
+        calibration = self.raw.get("calibration")
+        value = calibration.get("temperature") if isinstance(calibration, dict) else None
+        if value is None:
+            return 1.0
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            log.warning("training_run.json: calibration.temperature %r is not a positive number; serving with "
+                        "T = 1 (run `sentiment calibrate` to fit it again)", value)
+            return 1.0
+        return float(value)
+
+    @property
     def cleaning(self) -> CleaningConfig | None:
         """The text cleaning the model was trained with (``config.data.clean``), or None."""
         clean = (self.config.get("data") or {}).get("clean")
         return CleaningConfig.model_validate(clean) if clean else None
 
+    @property
+    def long_text(self) -> LongTextConfig:
+        """How the model reads a text over its window (``config.long_text``). A model recorded without it gets
+        ``LongTextConfig()``'s measured default: its training texts fit the window (64 tokens: under 2% of
+        any open test set is longer), so nothing it learnt depends on how they were cut."""
+        cfg = self.config.get("long_text")
+        return LongTextConfig.model_validate(cfg) if cfg else LongTextConfig()
+
 
 def write_run_info(model_dir: Path, info: dict[str, Any]) -> Path:
+    """Write ``training_run.json`` atomically (a temporary file renamed over it): a worker loading the model
+    meanwhile reads the old record or the new one, never half of one."""
     path = Path(model_dir) / RUN_INFO_FILE
-    path.write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
     return path
+
+
+def write_calibration(model_dir: Path, calibration: dict[str, Any]) -> Path:
+    """Set the ``calibration`` entry of the model's ``training_run.json`` (created if missing), atomically.
+    An unreadable record is a ``UserError``: it would be lost, not updated."""
+    info = dict(RunInfo.read(model_dir, strict=True).raw)
+    info["calibration"] = calibration
+    return write_run_info(model_dir, info)
 
 
 def model_version(model_dir: Path) -> str:

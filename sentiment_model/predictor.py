@@ -7,13 +7,17 @@ Serving paths (chosen by ``ModelSettings``, reported in one log line at start-up
 
 - CPU: fp32, or int8 dynamic quantisation of every ``nn.Linear`` (``quantize="int8"``: weights int8,
   activations quantised on the fly; 2-3x faster on a few cores, macro-F1 within about a point);
-  torch threads = the cores this process may use.
+  torch threads = the cores this process may use. The settings' default (``quantize="auto"``) serves
+  ``onnx-int8`` instead: the model exported to ONNX with int8 weights, run by ONNX Runtime
+  (``sentiment_model.onnx_runtime``; torch int8 serves if that cannot load).
 - GPU: autocast in bf16 (fp16 where bf16 is unsupported), larger batches (``cuda_batch_size``), inputs
   tokenised into pinned host memory and copied asynchronously, and the next chunk tokenised on the CPU
   while the GPU runs the current one.
 
 Both: texts sorted by length and padded per chunk only, so short reviews are not padded to long ones,
-and the text cleaning the model was trained with (``training_run.json``) applied before tokenising.
+and the text cleaning the model was trained with (``training_run.json``) applied before tokenising. A text over
+``max_length`` tokens is read as the model's ``long_text`` says (``sentiment_model.long_text``: head + tail by
+default, or windows whose logits are averaged), the same way training read it.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +38,8 @@ import torch
 from sentiment_model.artifact import RunInfo, model_version, require_model_dir
 from sentiment_model.cleaning import clean_text
 from sentiment_model.labels import LABELS, label_columns
+from sentiment_model.long_text import LongTextConfig, average_per_text, encode, special_counts
+from sentiment_model.onnx_runtime import OnnxForward, onnx_or_none
 from sentiment_model.settings import ModelSettings
 
 
@@ -58,6 +64,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer  # no
 import sentiment_model.heads  # noqa: E402, F401
 
 log = logging.getLogger(__name__)
+DEFAULT_MAX_LENGTH = 128  # for a model with no training record (e.g. one fine-tuned elsewhere)
 
 
 @dataclass(frozen=True)
@@ -100,11 +107,25 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+@contextlib.contextmanager
+def _no_loading_bar() -> Iterator[None]:
+    """No "Loading weights" progress bar on stderr at every model load (classify, workers, hot reloads)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def predictor_from_settings(model: ModelSettings, model_dir: Path, version: str | None = None) -> Predictor:
     """The one way to build a predictor: the model's own artifact plus ``SENTIMENT_MODEL__*`` settings."""
     return Predictor(model_dir, device=model.device, max_length=model.max_length, batch_size=model.batch_size,
                      threads=model.threads, version=version or model.version, quantize=model.quantize,
-                     precision=model.precision, cuda_batch_size=model.cuda_batch_size)
+                     precision=model.precision, cuda_batch_size=model.cuda_batch_size, onnx_cache_dir=model.cache_dir)
 
 
 class Predictor:
@@ -118,30 +139,39 @@ class Predictor:
         self,
         model_dir: str | Path,
         device: str = "auto",
-        max_length: int = 128,
+        max_length: int | None = None,
         batch_size: int = 32,
         threads: int | None = None,
         version: str | None = None,
         quantize: str = "none",
         precision: str = "auto",
         cuda_batch_size: int | None = None,
+        long_text: LongTextConfig | None = None,
+        onnx_cache_dir: Path | None = None,
     ) -> None:
         self.model_dir = require_model_dir(model_dir, "train one with `sentiment train configs/baseline.yaml`, "
                                            "run `make demo`, or set SENTIMENT_MODEL__DIR")
         self.device = resolve_device(device)
         if self.device.type == "cpu":
             torch.set_num_threads(threads or cores_given())
-        self.max_length = max_length
+        info = RunInfo.read(self.model_dir)
+        # serving reads the window training read, unless told otherwise: one contract for the artifact
+        self.max_length = max_length or info.max_length or DEFAULT_MAX_LENGTH
         self.batch_size = (cuda_batch_size or batch_size) if self.device.type == "cuda" else batch_size
         self.version = version or model_version(self.model_dir)
         self.clean = training_cleaner(self.model_dir)
+        self.temperature = info.temperature  # fitted on validation; 1 when never calibrated
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.model_dir)
+        self.long_text = long_text or info.long_text  # how a text over max_length is read
+        self._specials = special_counts(self.tokenizer)
+        with _no_loading_bar():
+            self.model = AutoModelForSequenceClassification.from_pretrained(self.model_dir)
         self.model.to(self.device).eval()
         self.columns = label_columns(self.model.config.id2label)  # the model's output for each of LABELS
         self.amp_dtype: torch.dtype | None = None
+        self._onnx: OnnxForward | None = None  # the ONNX Runtime session, when that CPU path serves
         if self.device.type == "cuda":
-            if quantize != "none":
+            if quantize not in ("none", "auto"):
                 log.warning("quantize=%s is a CPU path; on the GPU autocast is used instead", quantize)
             if precision in ("auto", "bf16"):
                 self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -149,7 +179,12 @@ class Predictor:
                 self.amp_dtype = torch.float16
             self.path = (f"cuda {str(self.amp_dtype).removeprefix('torch.') if self.amp_dtype else 'fp32'} autocast, "
                          "pinned-memory transfers, tokenisation overlapped with the forward pass")
-        elif quantize == "int8":
+        elif quantize in ("auto", "onnx", "onnx-int8") and (onnx := onnx_or_none(
+                self.model, self.model_dir, int8=quantize != "onnx", threads=torch.get_num_threads(),
+                cache_dir=onnx_cache_dir)):
+            self._onnx, self.path = onnx, onnx.path
+            self.model.to_empty(device="meta")  # the session holds the weights: drop torch's copy (config stays)
+        elif quantize in ("int8", "auto", "onnx-int8"):  # the ONNX path's fallback keeps its precision
             with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, still works
                 warnings.simplefilter("ignore", DeprecationWarning)
                 warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
@@ -158,14 +193,20 @@ class Predictor:
         else:
             self.path = "cpu fp32"
         log.info("model %s (%s): serving path %s; batch_size=%d, max_length=%d, length-sorted dynamic padding, "
-                 "threads=%d, training cleaning %s", self.version, self.model_dir, self.path, self.batch_size,
-                 max_length, torch.get_num_threads(), "applied" if self.clean else "none")
+                 "threads=%d, training cleaning %s, score temperature %.3g, long texts read as %s", self.version,
+                 self.model_dir, self.path, self.batch_size, self.max_length, torch.get_num_threads(),
+                 "applied" if self.clean else "none", self.temperature, self.long_text.strategy)
 
-    def _encode(self, texts: Sequence[str], idx: list[int]) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer(
-            [texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_length,
-            pad_to_multiple_of=8, return_tensors="pt",  # few distinct shapes: kernel caches stay small
-        )
+    def _forward(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of one padded chunk on the CPU: ONNX Runtime's session when that path serves, else torch."""
+        if self._onnx is not None:
+            return self._onnx(enc)
+        return self.model(**enc).logits.float()
+
+    def _encode(self, texts: Sequence[str] | Sequence[list[int]], idx: list[int]) -> dict[str, torch.Tensor]:
+        rows = self._token_ids([texts[i] for i in idx])  # padded to a multiple of 8: few shapes, small kernel caches
+        enc = (self._padded(rows, list(range(len(rows)))) if self._pads_itself
+               else self.tokenizer.pad({"input_ids": rows}, pad_to_multiple_of=8, return_tensors="pt"))
         if self.device.type == "cuda":  # page-locked host memory: the copy runs async, off the CPU's path
             return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in enc.items()}
         return dict(enc)
@@ -177,11 +218,15 @@ class Predictor:
         return (tok.is_fast and tok.padding_side == "right" and tok.pad_token_id is not None
                 and set(tok.model_input_names) <= {"input_ids", "attention_mask", "token_type_ids"})
 
-    def _token_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        """Every text's token ids in one call into the fast tokenizer: a call per chunk costs about twice as
-        much per text (the worker's profile, README "Performance")."""
-        return self.tokenizer(list(texts), truncation=True, max_length=self.max_length, return_attention_mask=False,
-                              return_token_type_ids=False)["input_ids"]
+    def _token_ids(self, texts: Sequence[str] | Sequence[list[int]]) -> list[list[int]]:
+        """Every text's token ids in one call into the fast tokenizer (a call per chunk costs about twice as
+        much per text: the worker's profile, README "Performance"), a text over ``max_length`` cut as the model's
+        ``long_text`` says; rows already tokenised (``windows``) pass as they are."""
+        if texts and not isinstance(texts[0], str):
+            return list(texts)  # type: ignore[arg-type]
+        rows, _ = encode(self.tokenizer, texts, self.max_length, self.long_text, self._specials, one=True,
+                         return_attention_mask=False, return_token_type_ids=False)
+        return rows["input_ids"]
 
     def _padded(self, ids: list[list[int]], idx: list[int]) -> dict[str, torch.Tensor]:
         """One chunk as ``_encode`` gives it: right-padded to a multiple of 8, attention mask by length."""
@@ -194,9 +239,20 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_logits(self, texts: Sequence[str]) -> torch.Tensor:
-        """Logits, one row per text in input order, columns in ``LABELS`` order (the one inference loop)."""
+        """Logits, one row per text in input order, columns in ``LABELS`` order.
+
+        A text over ``max_length`` is cut (``_token_ids``) or, for ``windows``, read as windows whose logits
+        are averaged back into its row (``sentiment_model.long_text``)."""
         if self.clean is not None:
             texts = [self.clean(t) for t in texts]
+        if self.long_text.strategy != "windows":
+            return self._logits(texts)
+        rows, owner = encode(self.tokenizer, texts, self.max_length, self.long_text, self._specials,
+                             return_attention_mask=False, return_token_type_ids=False)
+        return average_per_text(self._logits(rows["input_ids"]), owner, len(texts), self.long_text.average)
+
+    def _logits(self, texts: Sequence[str] | Sequence[list[int]]) -> torch.Tensor:
+        """The one inference loop: one row of logits per text (or per row of token ids), in input order."""
         out = torch.empty((len(texts), len(LABELS)), dtype=torch.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         chunks = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
@@ -206,7 +262,7 @@ class Predictor:
             ids = self._token_ids(texts) if self._pads_itself else None
             for idx in chunks:
                 enc = self._padded(ids, idx) if ids is not None else self._encode(texts, idx)
-                out[idx] = self.model(**enc).logits.float()[:, self.columns]
+                out[idx] = self._forward(enc)[:, self.columns]
             return out
         autocast = (torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext())
         enc = self._encode(texts, chunks[0])
@@ -224,8 +280,11 @@ class Predictor:
         return out
 
     def predict_probs(self, texts: Sequence[str]) -> torch.Tensor:
-        """Class probabilities, one row per text in input order, columns in ``LABELS`` order."""
-        return torch.softmax(self.predict_logits(texts), dim=-1)
+        """Class probabilities, one row per text in input order, columns in ``LABELS`` order.
+
+        Softmax of logits / T, T the model's calibration temperature (``RunInfo.temperature``): the scores
+        then mean what they say; the argmax, so every label, is the same as with the raw logits."""
+        return torch.softmax(self.predict_logits(texts) / self.temperature, dim=-1)
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         if not texts:

@@ -79,7 +79,8 @@ def check(text: str) -> None:
         raise SqlRefused(f"not valid SQL: {_one_line(str(e))}") from None
     if len(statements) != 1:
         kinds = ", ".join(_keyword(text, s) for s in statements) or "nothing"
-        raise SqlRefused(f"{len(statements)} statements ({kinds}): {SHAPE}") from None
+        raise SqlRefused(f"{len(statements)} statements ({kinds}): `sentiment sql` runs exactly one; "
+                         f"{SHAPE}") from None
     stmt = statements[0].stmt
     if not isinstance(stmt, ast.SelectStmt):
         raise SqlRefused(f"{_keyword(text, statements[0])} is not a query: {SHAPE}")

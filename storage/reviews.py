@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, any_, func, select
-from sqlalchemy.dialects.postgresql import insert
 
 from storage import partitions
 from storage.schema import review_key as key
@@ -44,6 +44,27 @@ class StoredLabel:
     score: float = 1.0  # probability of the label: summed per hour for the drift monitor
 
 
+# The columns a batch writes, each sent as one array (``unnest``), and their SQL types.
+_COLUMNS = (("review_id", "text"), ("text", "text"), ("source", "text"), ("created_at", "timestamptz"),
+            ("label", "text"), ("score", "real"), ("p_negative", "real"), ("p_neutral", "real"),
+            ("p_positive", "real"), ("model_version", "text"), ("metadata", "jsonb"), ("kafka_topic", "text"),
+            ("kafka_partition", "integer"), ("kafka_offset", "bigint"))
+_NAMES = ", ".join(name for name, _ in _COLUMNS)
+_INDEX = {name: i for i, (name, _) in enumerate(_COLUMNS)}
+_REAL = [i for i, (_, sql_type) in enumerate(_COLUMNS) if sql_type == "real"]
+# One statement per batch: the claims first (``review_key``, ON CONFLICT DO NOTHING), then the rows of the ids
+# claimed now, both from the same arrays. One array per column, not one parameter per value: the text is the same
+# for every batch (prepared once per connection) and nothing is built per row but the columns' lists. The text is
+# made from the constants above only; every value is a bound parameter.
+_INSERT_BATCH = (
+    "WITH batch AS (SELECT * FROM unnest("
+    + ", ".join(f"%b::{sql_type}[]" for _, sql_type in _COLUMNS) + f") AS b({_NAMES})), "
+    "claimed AS (INSERT INTO review_key (review_id, created_at) SELECT review_id, created_at FROM batch "
+    "ON CONFLICT (review_id) DO NOTHING RETURNING review_id) "
+    f"INSERT INTO review_sentiment ({_NAMES}) SELECT {_NAMES} FROM batch JOIN claimed USING (review_id) "
+    "RETURNING review_id, label, source, created_at, score")
+
+
 def insert_reviews(engine: Engine, reviews: Sequence[LabelledReview]) -> list[StoredLabel]:
     """Insert a batch in one transaction; a review id already stored is left as it is.
 
@@ -55,16 +76,19 @@ def insert_reviews(engine: Engine, reviews: Sequence[LabelledReview]) -> list[St
     first: dict[str, LabelledReview] = {}
     for r in reviews:
         first.setdefault(r.review_id, r)
+    batch = list(first.values())
+    columns: list[list[Any]] = [[getattr(r, name) for r in batch] for name, _ in _COLUMNS]
+    for i in _REAL:  # an array holds one type: 1 and 0.5 would not mix (psycopg refuses the whole batch)
+        columns[i] = [float(v) for v in columns[i]]
+    columns[_INDEX["metadata"]] = [json.dumps(r.metadata) for r in batch]  # jsonb from its text, as SQLAlchemy did
     label_of = (t.c.review_id, t.c.label, t.c.source, t.c.created_at, t.c.score)
     with engine.begin() as conn:
-        partitions.ensure(conn, (r.created_at for r in first.values()))
+        partitions.ensure(conn, columns[_INDEX["created_at"]])
         # The claim decides: review_id is unique in review_key, not across review_sentiment's month partitions.
-        claimed = set(conn.execute(
-            insert(key).on_conflict_do_nothing(index_elements=["review_id"]).returning(key.c.review_id),
-            [{"review_id": i, "created_at": r.created_at} for i, r in first.items()]).scalars())
-        rows = conn.execute(insert(t).returning(*label_of),
-                            [asdict(r) for i, r in first.items() if i in claimed]).all() if claimed else []
-        if replayed := [i for i in first if i not in claimed]:
+        rows = list(conn.exec_driver_sql(_INSERT_BATCH, tuple(columns)).all())
+        if len(rows) < len(batch):
+            stored = {row[0] for row in rows}
+            replayed = [i for i in first if i not in stored]
             # Their stored times bound the months to read (constants: the planner prunes the others); no time
             # if their rows were deleted since (the claims go with them).
             times = conn.execute(select(key.c.created_at).where(key.c.review_id == any_(replayed))).scalars().all()
@@ -96,8 +120,8 @@ def latest_reviews(
     corrected = (select(fb.c.label).where(fb.c.review_id == t.c.review_id).order_by(fb.c.id.desc()).limit(1)
                  .scalar_subquery())
     query = select(
-        t.c.review_id, t.c.created_at, t.c.source, t.c.label, t.c.score, t.c.model_version, t.c.text,
-        corrected.label("corrected_label"),
+        t.c.review_id, t.c.created_at, t.c.processed_at, t.c.source, t.c.label, t.c.score, t.c.model_version,
+        t.c.text, corrected.label("corrected_label"),
     ).order_by(t.c.processed_at.desc(), t.c.review_id).limit(limit)
     if source:
         query = query.where(t.c.source == source)

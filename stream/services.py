@@ -154,7 +154,10 @@ def check_model(settings: Settings) -> Health:
     if source == "registry":
         return Health("Model", str(ref.artifact_dir), ok, f"production {ref.version} (registry)" if ok
                       else f"production {ref.version}: artifact not readable here")
-    return Health("Model", str(ref.artifact_dir), ok, f"version {ref.version}" if ok else "config.json missing")
+    where = ("pinned by SENTIMENT_MODEL__DIR" if source == "pinned"
+             else "the current link; not in the registry: `sentiment models publish` registers it")
+    return Health("Model", str(ref.artifact_dir), ok, f"version {ref.version} ({where})" if ok
+                  else "config.json missing")
 
 
 def check_drift(settings: Settings) -> Health:

@@ -7,16 +7,19 @@ Read from the environment (prefix ``SENTIMENT_``, nested fields joined by ``__``
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 from sqlalchemy import make_url
 
 from sentiment_model.settings import ModelSettings
+from sentiment_model.settings_error import settings_error
 from storage.roles import ROLE_USERS, Role
 
 
@@ -149,6 +152,12 @@ class RegistrySettings(BaseModel):
     metric: Literal["macro_f1", "macro_recall", "accuracy"] = "macro_f1"
     margin: float = Field(0.0, description="a candidate needs score >= production + margin to be promoted")
 
+    @field_validator("store_dir")
+    @classmethod
+    def _absolute_store(cls, path: Path | None) -> Path | None:
+        """Like ``models_dir``: a relative store is taken from the folder it was set in, once."""
+        return path.expanduser().absolute() if path is not None else None
+
 
 class DriftSettings(BaseModel):
     """Drift of the live label mix and confidence from the production model's reference (``stream.drift``)."""
@@ -168,6 +177,19 @@ class DashboardSettings(BaseModel):
         False, description="show the label-correction form on the Reviews page. Anyone who reaches the dashboard "
                            "can then save corrections that `sentiment refresh` trains on: enable only on a trusted "
                            "network")
+    max_upload_mb: int = Field(
+        50, ge=1, le=2000, description="largest CSV the Classify page takes, in MB (the upload is held in the "
+                                       "server's memory); label bigger files with `sentiment classify --csv`")
+
+
+def default_models_dir() -> Path:
+    """``models/`` in the project checkout when running from one (where `make demo` trains and registers), else
+    the per-user ``$XDG_DATA_HOME/sentiment-stream/models`` (an installed package has no project folder)."""
+    project = Path(__file__).resolve().parents[1]
+    if (project / "pyproject.toml").is_file():
+        return project / "models"
+    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return data_home / "sentiment-stream" / "models"
 
 
 class Settings(BaseSettings):
@@ -183,7 +205,27 @@ class Settings(BaseSettings):
     registry: RegistrySettings = RegistrySettings()
     drift: DriftSettings = DriftSettings()
     dashboard: DashboardSettings = DashboardSettings()
-    models_dir: Path = Field(Path("models"), description="where trained and demo models are kept")
+    models_dir: Path = Field(default_factory=default_models_dir, description=(
+        "the models home: runs/ (what `sentiment train` writes), store/ (the registry's copies), current "
+        "(the fallback model); an absolute path, so every command finds the same models from any folder"))
+
+    @field_validator("models_dir")
+    @classmethod
+    def _absolute_models_dir(cls, path: Path) -> Path:
+        """A relative SENTIMENT_MODELS_DIR is taken from the folder it was set in, once: subprocesses (to_env)
+        and later commands then name the same directory."""
+        return path.expanduser().absolute()
+
+    def runs_dir(self) -> Path:
+        """Where `sentiment train` (and the demo) write run directories and experiments.csv."""
+        return self.models_dir / "runs"
+
+    def find_in_models_home(self, path: Path) -> Path:
+        """``path`` as given when it exists, else the same path inside the models home or its runs/ (so
+        ``runs/<run_id>/model`` and ``<run_id>`` name a trained run from any folder)."""
+        if path.exists() or path.is_absolute():
+            return path
+        return next((p for p in (self.models_dir / path, self.runs_dir() / path) if p.exists()), path)
 
     def model_store(self) -> Path:
         """Where `sentiment models publish` copies model artifacts (a local or shared directory)."""
@@ -205,4 +247,8 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """The settings; a bad ``SENTIMENT_*`` value is a one-line ``SettingsError`` (a ``UserError``)."""
+    try:
+        return Settings()
+    except (ValidationError, SourceError) as err:
+        raise settings_error(err) from None

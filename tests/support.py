@@ -48,8 +48,9 @@ def make_tiny_model(path: Path, seed: int = 0) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz0123456789",
              *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"], *".,!?'-"]
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    DistilBertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True).save_pretrained(path)
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")  # tests copy and tamper with this file
+    # transformers 5 ignores vocab_file here (every word became [UNK]): pass the vocabulary itself
+    DistilBertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True).save_pretrained(path)
     torch.manual_seed(seed)
     config = DistilBertConfig(
         vocab_size=len(vocab), dim=32, hidden_dim=64, n_layers=2, n_heads=2, max_position_embeddings=256,

@@ -106,7 +106,7 @@ def test_a_promotion_reaches_a_streaming_worker_without_gap_or_overlap(
     assert metrics[f'sentiment_model_info{{version="{b}"}}'] == 1
     full_log = worker.log_path.read_text(errors="replace")
     assert "following the model registry" in full_log and f"model switched {a} -> {b}" in full_log
-    assert "serving path cpu fp32" in full_log
+    assert "serving path cpu onnxruntime" in full_log  # the default CPU path, also for the promoted model
     assert f"storing {'overlapped with' if overlap_io == 'on' else 'after'} labelling" in full_log
     print(f"first row by {b} {(first_b - promoted_at).total_seconds():.1f}s after the promotion; "
           f"{len(rows)} events, none lost or repeated")

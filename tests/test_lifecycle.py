@@ -31,10 +31,13 @@ from tests.support import invoke_cli, open_page, wait_until
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-def test_the_gate_scores_what_the_worker_serves(reg_url: str, uid: str, tmp_path: Path) -> None:
-    """int8 and a max length other than the trained one: the gate's score is the worker predictor's score."""
+@pytest.mark.parametrize(("quantize", "path"), [("int8", "cpu int8"), ("auto", "cpu onnxruntime")])
+def test_the_gate_scores_what_the_worker_serves(reg_url: str, uid: str, tmp_path: Path, quantize: str,
+                                                path: str) -> None:
+    """int8 (torch, or ONNX Runtime: the default) and a max length other than the trained one: the gate's score
+    is the worker predictor's score."""
     engine = get_engine(reg_url)
-    serving = {"quantize": "int8", "max_length": 16, "batch_size": 7, "threads": 1}  # trained with max_length 64
+    serving = {"quantize": quantize, "max_length": 16, "batch_size": 7, "threads": 1}  # trained with max_length 64
     life = lifecycle_settings(tmp_path).model_copy(update={
         "model": lifecycle_settings(tmp_path).model.model_copy(update=serving),
         "postgres": lifecycle_settings(tmp_path).postgres.model_copy(update={"url": SecretStr(reg_url)})})
@@ -51,7 +54,7 @@ def test_the_gate_scores_what_the_worker_serves(reg_url: str, uid: str, tmp_path
     ref, source = serving_model(life)  # what a worker started now serves, built as stream.app builds it
     assert (ref.version, source) == (v.version, "registry")
     worker = predictor_from_settings(life.model, ref.artifact_dir, ref.version)
-    assert worker.path.startswith("cpu int8") and worker.max_length == 16
+    assert worker.path.startswith(path) and "int8" in worker.path and worker.max_length == 16
     texts = [t for t, _ in rows * 20]
     gold = [LABEL_TO_ID[label] for _, label in rows * 20]
     said = [LABEL_TO_ID[p.label] for p in worker.predict(texts)]  # raw texts, as events arrive

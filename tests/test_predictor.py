@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
 
-from sentiment_app.csv_labelling import classify_csv
 from sentiment_model.errors import UserError
 from sentiment_model.labels import label_order
 from sentiment_model.predictor import Predictor
@@ -51,22 +49,3 @@ def test_label_order_rejects_unmappable_heads() -> None:
         label_order({0: "joy", 1: "anger", 2: "fear"})
     with pytest.raises(UserError, match="3-class"):
         label_order({0: "negative", 1: "positive"})
-
-
-def test_classify_csv_labels_every_row(tiny_model: Path, tmp_path: Path) -> None:
-    src = tmp_path / "in.csv"
-    with src.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "body"])
-        w.writerows([[i, f"review number {i} was good"] for i in range(1000)] + [[1000, ""]])
-    dst = tmp_path / "out.csv"
-    progress: list[int] = []
-    predictor = Predictor(tiny_model, device="cpu", threads=1)
-    assert classify_csv(predictor, src, dst, "body", chunk=300, on_progress=progress.append) == 1001
-    assert progress == [300, 600, 900, 1001]
-    with dst.open() as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == 1001 and rows[5]["id"] == "5"
-    assert {r["label"] for r in rows} <= {"negative", "neutral", "positive"}
-    with pytest.raises(UserError, match="no column 'text'"):
-        classify_csv(predictor, src, tmp_path / "x.csv")

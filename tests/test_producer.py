@@ -6,14 +6,17 @@ import csv
 import json
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
+import pytest
 from kafka import KafkaConsumer
 
-from stream.producer import Columns, produce_file
+from stream.producer import Columns, connect_producer, produce_file
+from stream.services import ServiceUnavailable
 from stream.settings import Settings
-from tests.support import REPO, settings_env
+from tests.support import REPO, free_port, settings_env
 
 
 def consume_all(settings: Settings, n: int) -> list:
@@ -62,3 +65,78 @@ def test_jsonl_via_cli_reports_skips(topics: Settings, tmp_path: Path) -> None:
         assert f"skipped 1: {reason}" in result.stdout
     msgs = consume_all(topics, 20)
     assert sorted(m.key for m in msgs) == sorted(f"j{i}".encode() for i in range(20))
+
+
+def produce_cli(settings: Settings, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sentiment_app", "produce", *args], cwd=REPO,
+                          env=settings_env(settings), capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_missing_or_unreadable_input_is_one_line_before_kafka_is_contacted(tmp_path: Path) -> None:
+    """Kafka is down here on purpose: the file's own errors come first, each one line naming what to do."""
+    down = Settings(kafka={"bootstrap_servers": f"127.0.0.1:{free_port()}"})
+    path = tmp_path / "in.csv"
+    path.write_text("id,body\n1,great\n", encoding="utf-8")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("review_id,text\n1,très bien\n".encode("latin-1"))
+    for args, expected in [
+        ((str(path),), f"error: {path} has no column 'text'; its columns are 'id', 'body': pick one with --text-col"),
+        ((str(path), "--text-col", "body", "--id-col", "review"),
+         f"error: {path} has no column 'review'; its columns are 'id', 'body': pick one with --id-col"),
+        ((str(path), "--text-col", "body", "--time-col", "when"),
+         f"error: {path} has no column 'when'; its columns are 'id', 'body': pick one with --time-col"),
+        ((str(latin),), f"error: {latin}: byte 0xe8 at byte offset 19 (line 2) is not UTF-8; re-encode the file, "
+                        f"e.g. iconv -f latin1 -t utf-8 {latin} > {tmp_path / 'latin.utf8.csv'}"),
+    ]:
+        result = produce_cli(down, *args)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines() == [expected]
+
+
+def test_kafka_down_fails_fast_in_one_line(tmp_path: Path) -> None:
+    down = Settings(kafka={"bootstrap_servers": f"127.0.0.1:{free_port()}"})
+    path = tmp_path / "in.csv"
+    path.write_text("review_id,text\n1,great\n", encoding="utf-8")
+    result = produce_cli(down, str(path))
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "producing to" not in line]
+    assert len(lines) == 1 and "ERROR" not in result.stderr, result.stderr
+    assert lines[0].startswith(f"error: Kafka is not reachable at {down.kafka.bootstrap_servers}: no broker "
+                               "answered within 5 s")
+    # the wait itself is bounded by BOOTSTRAP_TIMEOUT_MS, measured in-process (the interpreter's start is not)
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailable):
+        connect_producer(down)
+    assert time.monotonic() - started < 12
+
+
+def test_every_row_skipped_exits_2_and_an_id_column_never_falls_back_to_positions(topics: Settings,
+                                                                                  tmp_path: Path) -> None:
+    skipped = tmp_path / "skipped.csv"
+    skipped.write_text("review_id,text\n1,\n2,   \n", encoding="utf-8")
+    result = produce_cli(topics, str(skipped))
+    assert result.returncode == 2 and "sent 0, skipped 2" in result.stdout
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: every row of {skipped} was skipped (2): nothing sent; see the reasons above")
+
+    ids = tmp_path / "ids.csv"
+    ids.write_text("id,text\na1,great\n,no id here\na3,fine\n", encoding="utf-8")
+    summary = produce_file(ids, topics, Columns(review_id="id"), progress=False)
+    assert summary.sent == 2 and dict(summary.skipped) == {"no_review_id": 1}
+    jsonl = tmp_path / "ids.jsonl"
+    jsonl.write_text(json.dumps({"ref": "j1", "text": "good"}) + "\n" + json.dumps({"text": "no ref"}) + "\n",
+                     encoding="utf-8")
+    summary = produce_file(jsonl, topics, Columns(review_id="ref"), progress=False)
+    assert summary.sent == 1 and dict(summary.skipped) == {"no_review_id": 1}
+    assert sorted(m.key for m in consume_all(topics, 3)) == [b"a1", b"a3", b"j1"]
+
+
+def test_bad_csv_rows_are_skipped_by_reason_and_the_rest_sent(topics: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "mixed.csv"
+    path.write_bytes(b"review_id,text,stars\nb1,fine,5\nb2,an unquoted, comma,1\nb3,\"quoted, comma\",2\n")
+    summary = produce_file(path, topics, progress=False)
+    assert summary.sent == 2 and dict(summary.skipped) == {"wrong_field_count": 1}
+    assert summary.first_skips == ["row 3: wrong_field_count: 4 fields, the header has 3 (an unquoted comma or "
+                                   "quote?)"]
+    msgs = {m.key: json.loads(m.value) for m in consume_all(topics, 2)}
+    assert msgs[b"b3"] == {"text": "quoted, comma", "review_id": "b3", "metadata": {"stars": "2"}}

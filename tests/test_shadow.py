@@ -323,7 +323,10 @@ def _rows_by(engine, version: str) -> int:
 def test_a_worker_shadows_a_share_without_writing_labels_and_a_replay_adds_nothing(
         topics: Settings, uid: str, tmp_path: Path, worker_factory, monkeypatch: pytest.MonkeyPatch,
         overlap_io: str) -> None:
-    settings = topics.model_copy(update={"worker": topics.worker.model_copy(update={"overlap_io": overlap_io})})
+    # fp32 serving: int8 scores of these near-uniform tiny models flip labels with batch composition, and the
+    # check below re-labels the texts in other batches
+    settings = topics.model_copy(update={"worker": topics.worker.model_copy(update={"overlap_io": overlap_io}),
+                                         "model": topics.model.model_copy(update={"quantize": "none"})})
     engine = get_engine(settings.postgres.url.get_secret_value())
     a, b = f"{uid}-a", f"{uid}-b"
     _publish(engine, tmp_path, settings.model_store(), (a, b))

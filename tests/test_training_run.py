@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from sentiment_app.cli import app  # the root CLI: it turns user errors into one line and exit code 2
 from sentiment_app.cli.training import experiments
 from sentiment_model.predictor import Predictor
+from sentiment_model.settings import ModelSettings
 from tests.support import tiny_config
 from training.config import ConfigError
 from training.distill import teacher_probabilities
@@ -211,7 +212,7 @@ def test_cli_bad_data_names_the_row(tmp_path: Path, workdir: Path) -> None:
     assert result.exit_code == 2 and "'excellent' (1 rows, first at d.csv line 3)" in result.output
 
 
-@pytest.mark.parametrize("command", ["train", "sweep", "evaluate", "experiments"])
+@pytest.mark.parametrize("command", ["train", "sweep", "evaluate", "calibrate", "experiments"])
 def test_every_command_has_help_with_an_example(command: str) -> None:
     result = CliRunner().invoke(app, [command, "--help"])
     assert result.exit_code == 0 and "Example" in result.output
@@ -273,7 +274,8 @@ def test_teacher_probabilities_average_the_teachers(trained, workdir: Path) -> N
     alone = torch.softmax(Predictor(trained.model_dir).predict_logits(texts) / 2.0, dim=-1).numpy()
     other = run_experiment(tiny_config(workdir, seed=7, epochs=2), workdir / "teacher-b")
     other_probs = torch.softmax(Predictor(other.model_dir).predict_logits(texts) / 2.0, dim=-1).numpy()
-    both = teacher_probabilities([trained.run_dir, other.model_dir], texts, temperature=2.0)
+    fp32 = ModelSettings(device="cpu", quantize="none")  # the serving default (onnx-int8) differs by ~1e-4
+    both = teacher_probabilities([trained.run_dir, other.model_dir], texts, temperature=2.0, model=fp32)
     assert both == pytest.approx((alone + other_probs) / 2, abs=1e-5)
     assert both.sum(axis=1) == pytest.approx([1.0] * 3, abs=1e-5)
 
@@ -299,3 +301,44 @@ def test_distill_config_names_a_missing_teacher(workdir: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no-such-teacher"):
         run_experiment(tiny_config(workdir, distill={"teachers": [str(workdir / "no-such-teacher")]}),
                        workdir / "bad-teacher")
+
+
+def test_run_fits_a_temperature_and_reports_ece_before_and_after(trained) -> None:
+    info = json.loads((trained.model_dir / "training_run.json").read_text())
+    cal = info["calibration"]
+    assert cal["temperature"] > 0 and cal["ece_bins"] == 15 and set(cal["scores"]) == {"validation", "test"}
+    assert Predictor(trained.model_dir, device="cpu", threads=1).temperature == cal["temperature"]
+    assert trained.validation["temperature"] == cal["temperature"]
+    for split in (trained.validation, trained.test):
+        assert 0 <= split["ece_before"] <= 1 and 0 <= split["ece_after"] <= 1
+    assert trained.validation["nll_after"] <= trained.validation["nll_before"]  # T minimises validation NLL
+    assert (trained.run_dir / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((trained.run_dir / "calibration.json").read_text()) == cal
+    row = next(r for r in read_runs(trained.run_dir.parent / "experiments.csv") if r["run_id"] == trained.run_id)
+    assert float(row["temperature"]) == pytest.approx(cal["temperature"], rel=1e-5)
+    assert float(row["test_ece_after"]) == pytest.approx(trained.test["ece_after"], rel=1e-5)
+
+
+def test_calibrate_command_refits_an_existing_run_in_place(trained, tmp_path: Path, workdir: Path) -> None:
+    import shutil
+
+    run = Path(shutil.copytree(trained.run_dir, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints")))
+    record = run / "model" / "training_run.json"
+    info = json.loads(record.read_text())
+    del info["calibration"]  # a model trained before calibration existed
+    record.write_text(json.dumps(info))
+    (run / "reliability.png").unlink()
+    assert Predictor(run / "model", device="cpu", threads=1).temperature == 1.0
+    held_out = workdir / "held_out.csv"
+    held_out.write_text("\n".join((workdir / "synthetic.csv").read_text().splitlines()[:41]) + "\n")
+    result = CliRunner().invoke(app, ["calibrate", str(run), "--test", str(held_out)])
+    assert result.exit_code == 0, result.output
+    assert "ECE before" in result.output and "validation" in result.output and "held_out.csv" in result.output
+    cal = json.loads(record.read_text())["calibration"]
+    assert cal["scores"]["test"]["rows"] == 40 and cal["data"]["test"] == str(held_out)
+    assert json.loads(record.read_text())["run_id"] == trained.run_id  # the rest of the record kept
+    assert (run / "reliability.png").is_file() and not list((run / "model").glob(".*.tmp"))
+    # The validation split is rebuilt exactly as training built it: the same logits, so the same T.
+    assert cal["temperature"] == pytest.approx(trained.validation["temperature"], rel=0.02)
+    bad = CliRunner().invoke(app, ["calibrate", str(tmp_path / "nothing-here")])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output

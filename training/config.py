@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sentiment_model.cleaning import CleaningConfig
 from sentiment_model.errors import UserError
+from sentiment_model.long_text import LongTextConfig
 
 
 class Strict(BaseModel):
@@ -139,6 +140,9 @@ class ExperimentConfig(Strict):
     data: DataConfig
 
     max_length: int = Field(128, ge=8, le=512)
+    long_text: LongTextConfig = Field(
+        default_factory=LongTextConfig, description="how a text over max_length is read, in training and serving "
+        "alike (recorded in training_run.json): head, head_tail or windows")
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(64, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)

@@ -79,6 +79,10 @@ def evaluate_model(
     result["data"] = str(data.path)
     result["serving_path"] = predictor.path
     result["max_length"] = predictor.max_length
+    result["long_text"] = predictor.long_text.model_dump()
+    seen = [predictor.clean(t) for t in split.texts] if predictor.clean else split.texts  # as the model reads them
+    too_long = over_window(seen, predictor.tokenizer, predictor.max_length)
+    result["by_window"] = window_scores(split.labels, preds, too_long)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -92,6 +96,17 @@ def over_window(texts: list[str], tokenizer: Any, max_length: int) -> list[bool]
     """Which texts have more tokens (special tokens included) than the model reads: their ends are cut off."""
     lengths = [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]] if texts else []
     return [n > max_length for n in lengths]
+
+
+def window_scores(labels: list[int], preds: np.ndarray, too_long: list[bool]) -> dict[str, dict[str, Any]]:
+    """Texts over the window and the rest, scored apart: how long texts are read (``long_text``) shows only in
+    the first, and a set of short texts would hide it."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, want in (("over_window", True), ("within_window", False)):
+        rows = [i for i, flag in enumerate(too_long) if flag is want]
+        scores = M.classification_metrics([labels[i] for i in rows], np.asarray(preds)[rows]) if rows else {}
+        out[name] = {"rows": len(rows), **{k: v for k, v in scores.items() if k != "per_class"}}
+    return out
 
 
 def domain_scores(split: Split, preds: np.ndarray | list[int], too_long: list[bool]) -> dict[str, dict[str, Any]]:

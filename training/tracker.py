@@ -16,8 +16,9 @@ COLUMNS = [
     "scheduler", "warmup", "epochs", "max_steps", "freeze_layers", "class_weights", "pooling", "layer_lr_decay",
     "label_smoothing", "clean", "distill", "sources", "seed", "train_rows",
     "steps", "best_step", "val_macro_recall", "val_macro_f1", "test_accuracy", "test_macro_f1",
-    "test_macro_recall", "train_samples_per_s", "train_time_s", "wall_time_s", "device", "run_dir",
-]
+    "test_macro_recall", "temperature", "val_ece_before", "val_ece_after", "test_ece_before", "test_ece_after",
+    "train_samples_per_s", "train_time_s", "wall_time_s", "device", "run_dir",
+]  # temperature, *_ece_*: training.calibration (blank in rows written before it)
 MAIN_METRICS = ("test_accuracy", "test_macro_f1", "test_macro_recall")
 # One row per (run, split, domain): a mixture run's sources scored one by one, or any model scored on the
 # test splits of a mixture config (`sentiment domains`), so models trained on different data compare per domain.

@@ -31,6 +31,7 @@ from sentiment_model.labels import LABELS
 from sentiment_model.profile import ReferenceProfile
 from training import metrics as M
 from training import tracker
+from training.calibration import calibrate, save_calibration, softmax
 from training.config import ConfigError, ExperimentConfig, dump_config
 from training.data import LabelledData, Split, load_dataset
 from training.distill import teacher_probabilities
@@ -128,7 +129,7 @@ def _soft_targets(config: ExperimentConfig, train: Split, run_dir: Path) -> np.n
 
 
 def _predict(trainer: SentimentTrainer, dataset: EncodedSplit) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
-    """Predicted ids, true ids, seconds, and class probabilities (for the drift reference), in row order.
+    """Predicted ids, true ids, seconds, and logits (for calibration and the drift reference), in row order.
 
     ``Trainer`` batches evaluation rows by length in a shuffled order; a mixture scores each row against its
     source, so rows are predicted shortest first (little padding) and put back in their own order.
@@ -141,9 +142,8 @@ def _predict(trainer: SentimentTrainer, dataset: EncodedSplit) -> tuple[np.ndarr
     finally:
         trainer.sequential_eval = False
     back = np.argsort(order)
-    logits, labels = np.asarray(out.predictions)[back], np.asarray(out.label_ids)[back]
-    probs = torch.softmax(torch.as_tensor(logits, dtype=torch.float32), dim=-1).numpy()
-    return np.argmax(logits, axis=-1), labels, time.perf_counter() - start, probs
+    logits, labels = np.asarray(out.predictions, dtype=np.float32)[back], np.asarray(out.label_ids)[back]
+    return np.argmax(logits, axis=-1), labels, time.perf_counter() - start, logits
 
 
 def _compute_metrics(pred) -> dict[str, float]:
@@ -244,8 +244,8 @@ def run_experiment(
     teacher_start = time.perf_counter()
     soft_targets = _soft_targets(config, data.train, run_dir)
     teacher_time = time.perf_counter() - teacher_start
-    train_ds = EncodedSplit(data.train, tokenizer, config.max_length, soft_targets)
-    val_ds = EncodedSplit(data.validation, tokenizer, config.max_length)
+    train_ds = EncodedSplit(data.train, tokenizer, config.max_length, soft_targets, config.long_text)
+    val_ds = EncodedSplit(data.validation, tokenizer, config.max_length, long_text=config.long_text)
     power = {"balanced": 1.0, "sqrt": 0.5}.get(config.class_weights)
     weights = balanced_weights(data.train.labels, power) if power else None
 
@@ -274,20 +274,27 @@ def run_experiment(
     cb[1].prune(ckpt_dir, history, keep_latest=False)  # type: ignore[attr-defined]
 
     # Score the selected (best-on-validation) model once on validation and once on test.
-    val_pred, val_true, _, val_probs = _predict(trainer, val_ds)
+    val_pred, val_true, _, val_logits = _predict(trainer, val_ds)
     validation = M.classification_metrics(val_true, val_pred)
     test: dict[str, Any] = {}
     test_time = 0.0
     preds = {"validation": val_pred}
     if len(data.test):
-        test_ds = EncodedSplit(data.test, tokenizer, config.max_length)
-        test_pred, test_true, test_time, _ = _predict(trainer, test_ds)
+        test_ds = EncodedSplit(data.test, tokenizer, config.max_length, long_text=config.long_text)
+        test_pred, test_true, test_time, test_logits = _predict(trainer, test_ds)
         preds["test"] = test_pred
         test = M.classification_metrics(test_true, test_pred)
         (run_dir / "classification_report.txt").write_text(M.report_text(test_true, test_pred), encoding="utf-8")
         test["confusion_matrix"] = M.confusion(test_true, test_pred)
         M.plot_confusion(test["confusion_matrix"], run_dir / "confusion_matrix.png",
                          f"{config.name}: test (n={len(data.test)})")
+    # Temperature scaling fitted on validation (training.calibration): scores that mean what they say.
+    cal_splits = {"validation": (val_logits, val_true)} | ({"test": (test_logits, test_true)} if test else {})
+    cal = calibrate(cal_splits)
+    validation |= {"temperature": cal.temperature, "calibration_note": cal.note,
+                   **{k: v for k, v in cal.scores["validation"].items() if k != "rows"}}
+    if test:
+        test |= {k: v for k, v in cal.scores["test"].items() if k != "rows"}
     _write_json(run_dir / "validation_metrics.json", validation)
     _write_json(run_dir / "test_metrics.json", test)
     domains = {name: domain_scores(split, preds[name], over_window(split.texts, tokenizer, config.max_length))
@@ -303,7 +310,8 @@ def run_experiment(
     for name in ("training_args.bin",):
         (model_dir / name).unlink(missing_ok=True)
     # What the model predicts on data like its training data: the drift monitor's reference.
-    ReferenceProfile.from_probabilities(val_probs.tolist(), LABELS, data.train.counts()).write(model_dir)
+    ReferenceProfile.from_probabilities(softmax(val_logits, cal.temperature).tolist(), LABELS,
+                                        data.train.counts()).write(model_dir)
 
     eval_time = sum(h.get("eval_runtime", 0.0) for h in history)
     train_runtime = float(train_out.metrics.get("train_runtime", 0.0))
@@ -329,6 +337,7 @@ def run_experiment(
                 "validation_metrics": validation, "test_metrics": test, "timing": timing,
                 "labels": list(LABELS), **({"domain_metrics": domains} if domains else {})}
     write_run_info(model_dir, run_info)
+    save_calibration(cal, model_dir, run_dir, cal_splits, f"{config.name} ({run_id}): reliability")
 
     row = {
         "run_id": run_id, "finished_at": datetime.now(UTC).isoformat(timespec="seconds"), "name": config.name,
@@ -346,7 +355,8 @@ def run_experiment(
         "steps": trainer.state.global_step, "best_step": best_step,
         "val_macro_recall": validation["macro_recall"], "val_macro_f1": validation["macro_f1"],
         "test_accuracy": test.get("accuracy"), "test_macro_f1": test.get("macro_f1"),
-        "test_macro_recall": test.get("macro_recall"), "train_samples_per_s": timing["train_samples_per_s"],
+        "test_macro_recall": test.get("macro_recall"), **cal.flat(),
+        "train_samples_per_s": timing["train_samples_per_s"],
         "train_time_s": timing["train_time_s"], "wall_time_s": timing["wall_time_s"], "device": device,
         "run_dir": str(run_dir),
     }

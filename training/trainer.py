@@ -15,17 +15,21 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, SequentialSampler
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
 
+from sentiment_model.long_text import LongTextConfig, encode, special_counts
 from training.config import DistillConfig
 from training.data import Split
 from training.modeling import layerwise_param_groups
 
 
 class EncodedSplit(Dataset):
-    """Texts tokenised once up front (no padding: ``DataCollatorWithPadding`` pads each batch)."""
+    """Texts tokenised once up front (no padding: ``DataCollatorWithPadding`` pads each batch), a text over
+    ``max_length`` cut as serving cuts it (``sentiment_model.long_text``; ``windows``: its first window, one row
+    per label)."""
 
     def __init__(self, split: Split, tokenizer: PreTrainedTokenizerBase, max_length: int,
-                 soft_targets: np.ndarray | None = None) -> None:
-        enc = tokenizer(split.texts, truncation=True, max_length=max_length)
+                 soft_targets: np.ndarray | None = None, long_text: LongTextConfig | None = None) -> None:
+        enc, _ = encode(tokenizer, split.texts, max_length, long_text or LongTextConfig(), special_counts(tokenizer),
+                        one=True)
         self.items = [
             {**{k: enc[k][i] for k in enc}, "labels": split.labels[i]} for i in range(len(split))
         ]

@@ -2,35 +2,44 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from sentiment_app.cli.root import app, console
 from sentiment_app.terminal_text import PlainTable as Table  # every cell literal, no control characters
 from sentiment_app.terminal_text import markup_safe
+from sentiment_model.errors import UserError
 from stream.settings import get_settings
 
 
 @app.command()
 def trends(
-    minutes: Annotated[int | None, typer.Option(help="show the last N minutes")] = None,
-    hours: Annotated[int | None, typer.Option(help="show the last N hours")] = None,
+    minutes: Annotated[int | None, typer.Option(help="show the last N minutes (1 to 2880)")] = None,
+    hours: Annotated[int | None, typer.Option(help="show the last N hours (1 to 840)")] = None,
     source: Annotated[str | None, typer.Option(help="only this source")] = None,
 ) -> None:
     """Print the sentiment-trend counters from Redis, one row per bucket (default: last 15 minutes).
 
     Example: sentiment trends --hours 24 --source appstore
     """
-    from storage.trends import HOUR, MINUTE
+    from sentiment_app.cli.reading import trend_window, unknown_source_hint
+    from storage.trends import HOUR
     from stream.services import check_redis, trend_counters
 
     s = get_settings()
+    resolution, n = trend_window(s, minutes, hours)
     check_redis(s)
-    resolution, n = (HOUR, hours) if hours else (MINUTE, minutes or 15)
-    buckets = trend_counters(s).read(resolution, n, source=source)
+    counters = trend_counters(s)
+    buckets = counters.read(resolution, n, source=source)
+    if source and not any(b.total for b in buckets) and source not in (known := counters.sources(resolution, n)):
+        console.print(markup_safe(unknown_source_hint(source, known, f"{n} {'hours' if hours else 'minutes'}")))
+        return
     table = Table(title=f"sentiment per {'hour' if resolution == HOUR else 'minute'}"
                   + (f" — {source}" if source else "") + " (UTC, by review time)")
     for col in ("bucket", "negative", "neutral", "positive", "total", "negative %"):
@@ -101,20 +110,16 @@ def reviews(
 
     Example: sentiment reviews --label negative --limit 10
     """
+    from sentiment_app.cli.reading import check_label, reviews_table
     from storage.db import get_engine
     from storage.reviews import latest_reviews
     from stream.services import check_postgres
 
+    label = check_label(label)
     s = get_settings()
     check_postgres(s)
     rows = latest_reviews(get_engine(s.postgres.url.get_secret_value()), limit, source, label, search)
-    table = Table(title="latest labelled reviews")
-    for col in ("review_id", "created_at", "source", "label", "score", "model", "corrected to", "text"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        table.add_row(r["review_id"], r["created_at"].strftime("%Y-%m-%d %H:%M"), r["source"], r["label"],
-                      f"{r['score']:.2f}", r["model_version"], r["corrected_label"] or "", r["text"][:120])
-    console.print(table)
+    console.print(reviews_table(rows, console.width))
 
 
 @app.command()
@@ -157,26 +162,50 @@ def feedback(
 @app.command()
 def classify(
     texts: Annotated[list[str] | None, typer.Argument(help="texts to label")] = None,
-    csv_in: Annotated[Path | None, typer.Option("--csv", exists=True, help="CSV to label in batches")] = None,
-    out: Annotated[Path | None, typer.Option(help="where to write the labelled CSV")] = None,
-    text_col: str = "text",
+    csv_in: Annotated[Path | None, typer.Option("--csv", exists=True, dir_okay=False,
+                                                help="CSV to label, streamed in batches")] = None,
+    out: Annotated[Path | None, typer.Option(help="where to write the labelled CSV [default: IN.labelled.csv]; "
+                                                  "written whole or not at all, never the input")] = None,
+    text_col: Annotated[str, typer.Option(help="the CSV column with the texts")] = "text",
     model_dir: Annotated[Path | None, typer.Option(help="default: the configured model")] = None,
 ) -> None:
     """Label texts or a whole CSV with the model and predictor the workers serve (no Kafka needed).
 
+    The CSV keeps every input column and gains sentiment_label, sentiment_score, sentiment_p_negative,
+    sentiment_p_neutral and sentiment_p_positive (sentiment2_... if those names are taken). Rows the worker
+    would dead-letter (empty or too long text) or that do not parse are left out and reported with their line.
+
     Example: sentiment classify "love it" "meh"   |   sentiment classify --csv in.csv --out labelled.csv
     """
-    from sentiment_app.csv_labelling import classify_csv, load_predictor
+    from sentiment_app.csv_labelling import label_csv, load_predictor, preflight, text_rejection
 
-    predictor = load_predictor(get_settings(), model_dir)
-    console.print(markup_safe(f"model {predictor.version} ({predictor.model_dir})"), highlight=False, soft_wrap=True)
+    s = get_settings()
     if csv_in is not None:
         target = out or csv_in.with_name(csv_in.stem + ".labelled.csv")
-        n = classify_csv(predictor, csv_in, target, text_col)
-        console.print(f"labelled {n} rows -> {target}")
-        return
-    if not texts:
+        preflight(csv_in, target, text_col)  # before the model loads: these need none
+    elif not texts:
         raise typer.BadParameter("give texts or --csv FILE")
+    else:
+        for i, text in enumerate(texts, start=1):
+            rejection = text_rejection(text, s.worker)
+            if rejection is not None:
+                raise UserError(f"text {i} ({text[:40]!r}) is not labelled: the worker would dead-letter it "
+                                f"({rejection.reason}: {rejection.detail})")
+    predictor = load_predictor(s, model_dir)
+    console.print(markup_safe(f"model {predictor.version} ({predictor.model_dir})"), highlight=False, soft_wrap=True)
+    if csv_in is not None:
+        progress = RowsDone()
+        try:
+            report = label_csv(predictor, csv_in, target, text_col, on_progress=progress, worker=s.worker)
+        finally:
+            progress.close()
+        console.print(markup_safe(f"labelled {report.labelled} rows -> {target}"), highlight=False, soft_wrap=True)
+        if report.bad_total:
+            err = Console(stderr=True, highlight=False, soft_wrap=True)
+            err.print(report.bad_summary(), markup=False)
+            for bad in report.first_bad:
+                err.print(f"  line {bad.line}: {bad.reason}: {bad.detail}", markup=False)
+        return
     table = Table()
     for col in ("label", "score", "negative", "neutral", "positive", "text"):
         table.add_column(col)
@@ -185,3 +214,25 @@ def classify(
                       text)
     console.print(table)
 
+
+class RowsDone:
+    """Progress on stderr: a line rewritten in place on a terminal, else a line every ``every_s`` seconds."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.tty = sys.stderr.isatty()
+        self.every_s = 0.2 if self.tty else every_s
+        self.last = time.monotonic()
+        self.shown = False
+
+    def __call__(self, rows: int) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        sys.stderr.write(f"\r{rows:,} rows done" if self.tty else f"{rows:,} rows done\n")
+        sys.stderr.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.tty and self.shown:
+            sys.stderr.write("\n")

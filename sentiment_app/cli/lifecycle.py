@@ -51,7 +51,9 @@ def refresh(
     console.print(f"report: {result.report}")
 
 
-drift_app = typer.Typer(help="Drift of the live stream from the production model's reference.",
+drift_app = typer.Typer(help="Drift of the live stream from the production model's reference.\n\n\b\nExamples:\n"
+                        "  sentiment drift --hours 48\n"
+                        "  sentiment drift profile runs/<run>/model shared:tweeteval_sentiment",
                         invoke_without_command=True, rich_markup_mode=None)
 
 
@@ -94,19 +96,24 @@ def drift(ctx: typer.Context, hours: Annotated[int, typer.Option(help="show the 
 
 @drift_app.command("profile")
 def drift_profile(
-    model_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Hugging Face model directory")],
+    model_dir: Annotated[Path, typer.Argument(help="Hugging Face model directory, or a run dir or run id in the "
+                                                   "models home")],
     data: Annotated[str, typer.Argument(help="labelled data like the training data (CSV, JSONL, TweetEval dir)")],
     split: Annotated[str, typer.Option(help="TweetEval split to use")] = "validation",
 ) -> None:
     """Write a model's drift reference (reference_profile.json) from data like its training data.
 
     Models trained by `sentiment train` already have one; this is for models trained elsewhere.
+
+    Example: sentiment drift profile path/to/model reviews.csv
     """
+    from sentiment_model.artifact import find_model_dir
     from sentiment_model.predictor import predictor_from_settings
     from sentiment_model.profile import ReferenceProfile
     from training.data import load_split_file
     from training.evaluate import RAW
 
+    model_dir = find_model_dir(get_settings().find_in_models_home(model_dir))  # ModelNotFoundError: one line
     rows = load_split_file(data, split=split, cleaning=RAW)  # the predictor applies the model's cleaning
     predictor = predictor_from_settings(get_settings().model, model_dir)
     profile = ReferenceProfile.from_probabilities(predictor.predict_probs(rows.texts).tolist(),

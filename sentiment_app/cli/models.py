@@ -23,7 +23,9 @@ from sentiment_app.terminal_text import PlainTable as Table  # every cell litera
 from sentiment_model.errors import UserError
 from stream.settings import Settings, get_settings
 
-app = typer.Typer(cls=UserErrorsExit2, help="Publish, promote and roll back model versions (the model registry).",
+app = typer.Typer(cls=UserErrorsExit2, help="Publish, promote and roll back model versions (the model registry).\n\n"
+                  "\b\nExamples:\n  sentiment models list --decisions 5\n  sentiment models publish RUN_ID\n"
+                  "  sentiment models promote RUN_ID",
                   no_args_is_help=True, rich_markup_mode=None)
 console = PlainConsole()  # version names and paths are data: never markup, no escape sequences
 
@@ -46,6 +48,22 @@ def registry_tables() -> Iterator[None]:
     except sa_exc.ProgrammingError as e:
         raise UserError(f"{str(e.orig).splitlines()[0] if e.orig else e}; has `sentiment init` run since the "
                         "registry was added?") from None
+
+
+def _not_from_registry(s: Settings) -> None:
+    """Say so when workers would serve a model the registry does not name (pinned, or the ``current`` link)."""
+    from sentiment_model.errors import ModelNotFoundError
+    from stream.serving import serving_model
+
+    try:
+        ref, source = serving_model(s)
+    except ModelNotFoundError:
+        return
+    if source == "pinned":
+        console.print(f"SENTIMENT_MODEL__DIR pins {ref.artifact_dir}: workers serve it, not the production version")
+    elif source == "current":
+        console.print(f"no production version: workers serve {ref.artifact_dir.resolve()} through the current link "
+                      "(unregistered); `sentiment models publish` that run, then `sentiment models promote`")
 
 
 def _fmt(score: float | None) -> str:
@@ -75,7 +93,9 @@ def list_(
                       v.promoted_at.strftime("%Y-%m-%d %H:%M") if v.promoted_at else "-")
     console.print(table)
     if not versions:
-        console.print("no versions yet: `sentiment models publish runs/<run_id>` adds one")
+        console.print("no versions yet: `sentiment models publish RUN_ID` adds one (runs are in "
+                      f"{s.runs_dir()})")
+    _not_from_registry(s)
     if decisions:
         t = Table(title="promotion decisions (latest first)")
         for col in ("when (UTC)", "action", "candidate", "production before", "eval set", "candidate", "production",
@@ -91,7 +111,8 @@ def list_(
 
 @app.command()
 def publish(
-    run_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="a training run dir (or a model dir)")],
+    run_dir: Annotated[Path, typer.Argument(help="a training run dir (or a model dir); a run id or runs/<run_id> "
+                                             "is looked up in the models home (SENTIMENT_MODELS_DIR/runs)")],
     eval_set: Annotated[str | None, typer.Option(
         help="tweeteval-test, tweeteval-validation, sample, or a labelled CSV/JSONL path "
              "[default: SENTIMENT_REGISTRY__EVAL_SET or tweeteval-test]")] = None,
@@ -104,6 +125,7 @@ def publish(
     from sentiment_app.lifecycle import promotion
 
     s = get_settings()
+    run_dir = s.find_in_models_home(run_dir)
     engine = _engine(s)
     eval_set = eval_set or s.registry.eval_set
     console.print(f"publishing {run_dir} (scoring on {eval_set})")

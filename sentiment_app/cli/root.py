@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import click
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from sentiment_app.terminal_text import clean
 from sentiment_model.errors import UserError
@@ -30,6 +31,15 @@ class UserErrorsExit2(TyperGroup):
         except UserError as err:
             report_user_error(err)
             raise typer.Exit(2) from None
+
+
+class PlainUsage(TyperCommand):
+    """A command whose usage line names a required argument as ``RUN_DIR``, not this typer's ``{run_dir}``
+    (set on every command in ``sentiment_app.cli``)."""
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return [re.sub(r"^\{(.+)\}", lambda m: m.group(1).upper(), piece)
+                for piece in super().collect_usage_pieces(ctx)]
 
 
 app = typer.Typer(

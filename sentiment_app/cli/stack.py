@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,6 +12,7 @@ import typer
 from sentiment_app.cli.root import app, console
 from sentiment_app.terminal_text import PlainTable as Table  # every cell literal, no control characters
 from sentiment_app.terminal_text import markup_safe
+from sentiment_model.errors import UserError
 from stream.settings import get_settings
 
 
@@ -20,6 +22,7 @@ def init() -> None:
 
     Example: sentiment init
     """
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its per-step INFO lines; the summary below says it
     from storage.db import get_engine, safe_address
     from storage.migrate import upgrade
     from storage.partitions import apply_retention
@@ -54,12 +57,17 @@ def worker(loglevel: str = "info") -> None:
 
 @app.command()
 def produce(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV or JSON Lines file")],
-    fmt: Annotated[str, typer.Option("--format", help="csv, jsonl or auto (by extension)")] = "auto",
-    text_col: str = "text",
-    id_col: Annotated[str, typer.Option(help="column with the review id; '' if none")] = "review_id",
-    source_col: str = "source",
-    time_col: str = "created_at",
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, metavar="FILE",
+                                         help="CSV, TSV or JSON Lines file (UTF-8)")],
+    fmt: Annotated[str, typer.Option("--format", metavar="FORMAT",
+                                     help="csv, tsv, jsonl or auto (by extension)")] = "auto",
+    text_col: Annotated[str, typer.Option(metavar="COLUMN", help="the column with the text")] = "text",
+    id_col: Annotated[str | None, typer.Option(
+        metavar="COLUMN", help="the column with the review id [default: review_id if the file has it]; '' for "
+                               "none: ids are then Kafka positions and sending the file again stores it again")
+    ] = None,
+    source_col: Annotated[str | None, typer.Option(metavar="COLUMN", help="[default: source if present]")] = None,
+    time_col: Annotated[str | None, typer.Option(metavar="COLUMN", help="[default: created_at if present]")] = None,
     source: Annotated[str | None, typer.Option(help="source for rows that have none")] = None,
     rate: Annotated[float | None, typer.Option(help="events per second, at most")] = None,
     limit: Annotated[int | None, typer.Option(help="stop after sending this many")] = None,
@@ -67,11 +75,15 @@ def produce(
 ) -> None:
     """Send a file of reviews to Kafka, one event per row, keyed by review id.
 
-    Example: sentiment produce reviews.csv --text-col body --id-col id --source appstore --rate 200
+    A column named on the command line must exist (the error lists the header). Rows the worker would
+    dead-letter are skipped and counted; exit code 2 when every row was skipped.
+
+    Example: sentiment produce examples/reviews.jsonl --rate 50   |   sentiment produce mine.csv --text-col body
+    --id-col id --source appstore
     """
     from stream.producer import Columns, produce_file
 
-    cols = Columns(text_col, id_col or None, source_col or None, time_col or None)
+    cols = Columns(text_col, id_col, source_col, time_col)
     summary = produce_file(file, get_settings(), cols, fmt, rate, limit, source, topic)
     skipped = sum(summary.skipped.values())
     console.print(f"sent {summary.sent}, skipped {skipped}")
@@ -79,6 +91,11 @@ def produce(
         console.print(f"  skipped {n}: {markup_safe(reason)}")
     for line in summary.first_skips:
         console.print(f"  e.g. {markup_safe(line)}")
+    if summary.failed:
+        raise UserError(f"{summary.failed} rows were not acknowledged by Kafka (first: {summary.first_failure}); "
+                        "send the file again (rows with ids are stored once)")
+    if skipped and not summary.sent:
+        raise UserError(f"every row of {file} was skipped ({skipped}): nothing sent; see the reasons above")
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""``sentiment train | sweep | evaluate | experiments``: the training commands.
+"""``sentiment train | sweep | evaluate | calibrate | experiments``: the training commands.
 
 ``app`` is a ``typer.Typer`` the root CLI (``sentiment_app.cli``) mounts; every command is also a plain
 function with real defaults (``train("configs/demo.yaml")`` works from Python). User errors
@@ -24,8 +24,24 @@ app = typer.Typer(cls=UserErrorsExit2, help="Fine-tune, compare and evaluate sen
                   no_args_is_help=True, pretty_exceptions_enable=False)  # the root mounts its commands
 console = Console(width=max(Console().width, 150))  # run tables are wide; logs should not fold them
 
-DEFAULT_RUNS = Path("runs")
-RunRoot = Annotated[Path, typer.Option("--run-root", help="where run directories go")]
+RunRoot = Annotated[Path | None, typer.Option(
+    "--run-root", help="where run directories go [default: SENTIMENT_MODELS_DIR/runs, the models home]")]
+
+
+def runs_dir(run_root: Path | None) -> Path:
+    """``--run-root``, else the models home's runs/: the same folder from any working directory."""
+    from stream.settings import get_settings
+
+    return run_root or get_settings().runs_dir()
+
+
+def model_arg(path: Path) -> Path:
+    """A model or run directory as given, else found in the models home (``runs/<run_id>`` from any folder)."""
+    from stream.settings import get_settings
+
+    return get_settings().find_in_models_home(path)
+
+
 TrackerCsv = Annotated[
     Path | None, typer.Option("--tracker", help="experiment CSV [default: RUN_ROOT/experiments.csv]")
 ]
@@ -94,7 +110,7 @@ def markdown_table(rows: list[dict[str, Any]], cols: list[str] = SUMMARY_COLUMNS
 @app.command()
 def train(
     config: Annotated[Path, typer.Argument(help="experiment YAML (see configs/)")],
-    run_root: RunRoot = DEFAULT_RUNS,
+    run_root: RunRoot = None,
     tracker: TrackerCsv = None,
     set_: SetOpt = None,
     resume: Annotated[
@@ -111,7 +127,7 @@ def train(
     cfg = load_config(config, parse_overrides(set_))
     console.print(f"[bold]train[/bold] {markup_safe(cfg.name)}: {markup_safe(cfg.base_model)}, "
                   f"lr {cfg.learning_rate:g}, freeze {cfg.freeze_layers}, class weights {cfg.class_weights}")
-    result = run_experiment(cfg, run_root, run_id=resume, resume=resume is not None, tracker_csv=tracker)
+    result = run_experiment(cfg, runs_dir(run_root), run_id=resume, resume=resume is not None, tracker_csv=tracker)
     t = result.test or result.validation
     scope = "test" if result.test else "validation"
     console.print(f"[bold]{markup_safe(result.run_id)}[/bold] {scope}: accuracy {t['accuracy']:.4f}, "
@@ -119,13 +135,17 @@ def train(
                   f"macro recall {t['macro_recall']:.4f} (validation macro recall "
                   f"{result.validation['macro_recall']:.4f}, best step {result.best_step})")
     console.print(f"training {result.timing['train_samples_per_s']} samples/s, wall {result.timing['wall_time_s']} s")
+    fitted = result.validation.get("calibration_note") or "fitted on validation"
+    console.print(f"scores calibrated: temperature {result.validation['temperature']:.3f} ({fitted}), "
+                  f"{scope} ECE {t['ece_before']:.4f} -> {t['ece_after']:.4f}; see "
+                  f"{markup_safe(result.run_dir / 'reliability.png')}")
     console.print(f"run dir: {result.run_dir}\nmodel:   {result.model_dir}")
 
 
 @app.command()
 def sweep(
     source: Annotated[Path, typer.Argument(help="a folder of experiment YAMLs, or a sweep file with base + grid/runs")],
-    run_root: RunRoot = DEFAULT_RUNS,
+    run_root: RunRoot = None,
     tracker: TrackerCsv = None,
     set_: SetOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="validate and list the runs, train nothing")] = False,
@@ -147,7 +167,7 @@ def sweep(
     for i, cfg in enumerate(configs, start=1):
         console.rule(f"run {i}/{len(configs)}: {markup_safe(cfg.name)}")
         try:
-            rows.append(run_experiment(cfg, run_root, tracker_csv=tracker).row)
+            rows.append(run_experiment(cfg, runs_dir(run_root), tracker_csv=tracker).row)
         except Exception as err:  # noqa: BLE001 - report and optionally continue with the next config
             console.print(f"{cfg.name} failed: {err}", style="red", markup=False, soft_wrap=True)
             if not keep_going:
@@ -181,7 +201,7 @@ def evaluate(
         mapping = dict(pair.split("=", 1) for pair in label_map.split(",") if "=" in pair)
     spec = DataSpec(path=data, format=format, text_column=text_column, label_column=label_column,
                     label_map=mapping, split=split)
-    result = evaluate_model(model_dir, spec, batch_size=batch_size, out_dir=out)
+    result = evaluate_model(model_arg(model_dir), spec, batch_size=batch_size, out_dir=out)
     if as_json:
         console.print_json(json.dumps(result))
         return
@@ -193,13 +213,18 @@ def evaluate(
     console.print(table)
     console.print(f"accuracy {result['accuracy']:.4f}  macro-F1 {result['macro_f1']:.4f}  "
                   f"macro recall {result['macro_recall']:.4f}  ({result['samples_per_s']} texts/s)")
+    over, within = result["by_window"]["over_window"], result["by_window"]["within_window"]
+    if over["rows"]:
+        console.print(f"over the {result['max_length']}-token window ({result['long_text']['strategy']}): "
+                      f"{over['rows']} rows, macro-F1 {over['macro_f1']:.4f}; the other {within['rows']} rows: "
+                      f"macro-F1 {within.get('macro_f1', float('nan')):.4f}")
 
 
 @app.command()
 def domains(
     model_dir: Annotated[Path, typer.Argument(help="saved model directory (a run's model/) or its run directory")],
     config: Annotated[Path, typer.Argument(help="experiment YAML whose data section names the sets to score")],
-    run_root: RunRoot = DEFAULT_RUNS,
+    run_root: RunRoot = None,
     tracker: TrackerCsv = None,
     batch_size: Annotated[int | None, typer.Option(
         help="texts per forward pass [default: SENTIMENT_MODEL__BATCH_SIZE]")] = None,
@@ -221,12 +246,12 @@ def domains(
         if unknown:
             raise ConfigError(f"--only {', '.join(unknown)}: no such source in {config}'s data.sources")
         data_cfg = data_cfg.model_copy(update={"sources": [s for s in data_cfg.sources or [] if s.name in only]})
-    model = find_model_dir(model_dir)
+    model = find_model_dir(model_arg(model_dir))
     scores = evaluate_domains(model, data_cfg, batch_size=batch_size)
     info = RunInfo.read(model)
     run = {"run_id": info.run_id or model.name, "name": info.config.get("name", model.name),
            "seed": info.config.get("seed")}
-    append_domain_rows(tracker or run_root / "experiments.csv", run, {"test": scores}, str(config))
+    append_domain_rows(tracker or runs_dir(run_root) / "experiments.csv", run, {"test": scores}, str(config))
     table = Table(title=f"{model} on the test splits of {config}")
     for col in ("domain", "rows", "over window", "accuracy", "macro-F1", "macro recall"):
         table.add_column(col, justify="left" if col == "domain" else "right")
@@ -237,8 +262,46 @@ def domains(
 
 
 @app.command()
+def calibrate(
+    run_dir: Annotated[Path, typer.Argument(help="a training run directory (runs/<run_id>) or a model directory")],
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="experiment YAML whose data section gives the validation split "
+        "[default: the config the model was trained with]")] = None,
+    test: Annotated[str | None, typer.Option(
+        "--test", help="labelled CSV/JSONL (text, label) to score instead of the config's test split")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="texts per forward pass [default: SENTIMENT_MODEL__BATCH_SIZE]")] = None,
+) -> None:
+    """Fit the score temperature of a trained model on its validation split, without retraining.
+
+    Writes T into the model's training_run.json (atomically; the predictor divides the logits by it, labels
+    never change), calibration.json and reliability.png into the run directory, and prints the expected
+    calibration error (15 equal-width confidence bins) before and after on validation and test.
+
+    Example: sentiment calibrate runs/<run_id> --test tests/data/obvious_reviews.csv
+    """
+    from training.calibration import calibrate_saved_model
+    from training.config import load_config
+    from training.evaluate import DataSpec
+
+    cfg = load_config(config) if config else None
+    held_out = DataSpec(path=test) if test else None
+    cal, out_dir = calibrate_saved_model(model_arg(run_dir), cfg, held_out, batch_size=batch_size)
+    table = Table(title=f"calibration of {run_dir}: temperature {cal.temperature:.4f}")
+    for col in ("split", "rows", "ECE before", "ECE after", "NLL before", "NLL after", "data"):
+        table.add_column(col, justify="left" if col in ("split", "data") else "right")
+    for split, s in cal.scores.items():
+        table.add_row(split, str(s["rows"]), f"{s['ece_before']:.4f}", f"{s['ece_after']:.4f}",
+                      f"{s['nll_before']:.4f}", f"{s['nll_after']:.4f}", cal.data.get(split, ""))
+    console.print(table)
+    if cal.note:
+        console.print(cal.note)
+    console.print(f"temperature saved in the model; reliability diagram: {out_dir / 'reliability.png'}")
+
+
+@app.command()
 def experiments(
-    run_root: RunRoot = DEFAULT_RUNS,
+    run_root: RunRoot = None,
     tracker: TrackerCsv = None,
     plot: Annotated[bool, typer.Option("--plot", help="also write a bar chart of the main test metrics")] = False,
     plot_path: Annotated[Path | None, typer.Option(help="PNG path [default: next to the CSV]")] = None,
@@ -251,7 +314,7 @@ def experiments(
     """
     from training.tracker import domain_table_rows, domains_csv, plot_runs, read_runs
 
-    csv_path = tracker or run_root / "experiments.csv"
+    csv_path = tracker or runs_dir(run_root) / "experiments.csv"
     rows = read_runs(csv_path)
     if not rows:
         console.print(f"no runs recorded in {csv_path}; train one with `sentiment train configs/demo.yaml`")

@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import ProgrammingError
 
 from sentiment_app.dashboard.ui import engine, load_settings, reaching, show_unavailable
+from sentiment_app.terminal_text import markdown_literal
 from stream.services import ServiceUnavailable
 from stream.settings import Settings
 
@@ -59,13 +60,19 @@ def _plot(csv_path: str, mtime_ns: int) -> bytes | None:
         return plot_runs(rows, Path(tmp) / "runs.png").read_bytes()
 
 
-def confusion_matrices(runs_root: Path, frame: pd.DataFrame) -> dict[str, Path]:
-    """run id -> confusion_matrix.png, for tracked runs and any other run dir under ``runs_root``, newest first."""
-    dirs = {p.parent.name: p.parent for p in runs_root.glob("*/confusion_matrix.png")}
+FIGURES = {"confusion_matrix.png": "confusion matrix (test split)",
+           "reliability.png": "reliability diagram (scores vs. accuracy, before and after calibration)"}
+
+
+def run_figures(runs_root: Path, frame: pd.DataFrame) -> dict[str, dict[str, Path]]:
+    """run id -> its figures (``FIGURES`` that exist: the confusion matrix, the reliability diagram of
+    ``training.calibration``), for tracked runs and any other run dir under ``runs_root``, newest first."""
+    dirs = {p.parent.name: p.parent for name in FIGURES for p in runs_root.glob(f"*/{name}")}
     for run_id, run_dir in zip(frame.get("run_id", []), frame.get("run_dir", []), strict=True):
-        if run_dir and (Path(run_dir) / "confusion_matrix.png").exists():
+        if run_dir and any((Path(run_dir) / name).exists() for name in FIGURES):
             dirs[str(run_id)] = Path(run_dir)
-    return {k: dirs[k] / "confusion_matrix.png" for k in sorted(dirs, reverse=True)}
+    return {k: {name: dirs[k] / name for name in FIGURES if (dirs[k] / name).exists()}
+            for k in sorted(dirs, reverse=True)}
 
 
 @dataclass(frozen=True)
@@ -106,11 +113,9 @@ def _experiments(roots: list[Path]) -> None:
     st.subheader("Experiments")
     frames = {root: experiments_frame(root / "experiments.csv") for root in roots}
     for root, frame in frames.items():
-        csv_path = root / "experiments.csv"
         if frame.empty:
-            missing = "" if root.exists() else " (no such directory)"
-            st.info(f"No runs recorded in `{csv_path}`{missing}.")
             continue
+        csv_path = root / "experiments.csv"
         st.markdown(f"**`{csv_path}`** — {len(frame)} run(s)")
         st.dataframe(frame[[c for c in SUMMARY if c in frame.columns]], hide_index=True)
         with st.expander("all columns"):
@@ -121,19 +126,33 @@ def _experiments(roots: list[Path]) -> None:
             st.dataframe(per_domain, hide_index=True)
         png = comparison_png(csv_path)
         if png:
-            st.image(png, caption=f"test metrics per run, from {csv_path}")
-    if all(f.empty for f in frames.values()):
-        st.caption("Train a model with `sentiment train configs/demo.yaml` (runs/) or `make demo` (models/runs/).")
-    matrices: dict[str, Path] = {}
+            st.image(png, caption=f"test metrics per run, from {csv_path}", width=520)
+    empty = [str(root / "experiments.csv") for root, frame in frames.items() if frame.empty]
+    if len(empty) == len(frames):
+        st.info(f"No runs recorded in {', '.join(f'`{p}`' for p in empty) or 'any run directory'}. Train one with "
+                "`make demo` or `sentiment train configs/demo.yaml`: both write to the models home's runs/ "
+                "(SENTIMENT_MODELS_DIR).", icon=":material/info:")
+    elif empty:
+        st.caption(f"Nothing recorded in {', '.join(f'`{p}`' for p in empty)}.")
+    figures: dict[str, dict[str, Path]] = {}
     for root, frame in frames.items():
-        matrices |= confusion_matrices(root, frame)
-    st.subheader("Confusion matrices")
-    if not matrices:
+        figures |= run_figures(root, frame)
+    st.subheader("Confusion matrices and reliability diagrams")
+    if not figures:
         st.info("No run has a confusion_matrix.png yet (a run writes it when it finishes).")
         return
-    chosen = st.multiselect("runs", list(matrices), list(matrices)[:2])  # no key: new runs reset the choice
-    for column, run_id in zip(st.columns(max(len(chosen), 1)), chosen, strict=False):
-        column.image(str(matrices[run_id]), caption=run_id)
+    chosen = st.multiselect("runs", list(figures), list(figures)[:1])  # no key: new runs reset the choice
+    for run_id in chosen:
+        st.markdown(f"**{markdown_literal(run_id)}**")
+        # The reliability diagram has a panel per split (validation, test): twice the matrix's width.
+        for column, (name, caption) in zip(st.columns([1, 2], gap="large"), FIGURES.items(), strict=True):
+            if name in figures[run_id]:
+                column.image(str(figures[run_id][name]), caption=caption, width="stretch")
+            elif name == "reliability.png":
+                column.caption("No reliability diagram for this run: `sentiment calibrate RUN_DIR` draws one "
+                               "(runs trained with calibration have it).")
+            else:
+                column.caption("No confusion matrix for this run.")
 
 
 def _models(settings: Settings) -> None:
@@ -194,9 +213,12 @@ def _registry(settings: Settings) -> None:
 def render() -> None:
     st.title("Experiments and models")
     settings = load_settings()
-    # `sentiment train` writes to runs/ by default, `make demo` to <models_dir>/runs/: show both.
-    default = ", ".join(dict.fromkeys(["runs", str(settings.models_dir / "runs")]))
-    roots = st.sidebar.text_input("run directories (comma-separated)", default, key="runs_roots")
-    _experiments([Path(r.strip()) for r in roots.split(",") if r.strip()])
+    # `sentiment train` and `make demo` both write to the models home's runs/ (``Settings.runs_dir``).
+    roots = st.sidebar.text_input("run directories (comma-separated)", str(settings.runs_dir()), key="runs_roots")
+    try:
+        _experiments([Path(r.strip()).expanduser() for r in roots.split(",") if r.strip()])
+    except OSError as e:  # a root that cannot be read: say which, keep the models section
+        st.error(f"Cannot read the run directories: {markdown_literal(e)}. Fix the path in the sidebar.",
+                 icon=":material/error:")
     st.divider()
     _models(settings)

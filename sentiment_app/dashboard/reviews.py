@@ -18,13 +18,27 @@ from storage.reviews import count_by_label, latest_reviews
 from storage.schema import review_sentiment as t
 from stream.services import ServiceUnavailable
 
-COLUMNS = ["created_at", "source", "label", "corrected_label", "score", "model_version", "text", "review_id"]
+# The id first, then the processing time the rows are sorted by; the long model version last.
+COLUMNS = ["review_id", "processed_at", "label", "corrected_label", "score", "source", "text", "model_version"]
 ALL = "all"
+SAVED = "reviews_corrections_saved"
+FLASH = "reviews_flash"  # the last correction's message, shown again after the rerun that redraws the table
 
 
 def reviews_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """The rows of ``latest_reviews`` as a table, newest first, in the order a reader scans them."""
-    return pd.DataFrame(rows, columns=COLUMNS)
+    """The rows of ``latest_reviews`` as a table, newest first, in the order a reader scans them; a review
+    nobody corrected has a blank correction (not None)."""
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    frame["corrected_label"] = frame["corrected_label"].fillna("")
+    return frame
+
+
+def review_choice(row: pd.Series, width: int = 70) -> str:
+    """How the correction form lists a review: id, current label (and its correction) and the start of the text,
+    so that two reviews with similar ids cannot be mixed up."""
+    label = row["label"] if not row["corrected_label"] else f"{row['label']}, corrected to {row['corrected_label']}"
+    text = " ".join(str(row["text"]).split())
+    return f"{row['review_id']} · {label} · {text[:width]}{'…' if len(text) > width else ''}"
 
 
 def recent_sources(db: Engine, scan: int = 5000) -> list[str]:
@@ -60,16 +74,22 @@ def render() -> None:
         return
     columns = st.columns(len(LABELS))
     for column, name in zip(columns, LABELS, strict=True):
-        column.metric(f"{name}, last 24 h", f"{last_day.get(name, 0):,}")
+        column.metric(f"{name}, last 24 h (all sources, by creation time)", f"{last_day.get(name, 0):,}")
     frame = reviews_frame(rows)
-    st.dataframe(frame, hide_index=True, width="stretch", column_config={
-        "created_at": st.column_config.DatetimeColumn("created (UTC)", format="YYYY-MM-DD HH:mm"),
-        "score": st.column_config.NumberColumn(format="%.2f"),
-        "model_version": "model",
+    st.dataframe(frame, hide_index=True, width="stretch", key="reviews_table", column_config={
+        "review_id": st.column_config.TextColumn("review id", width="medium"),  # whole ids, not auto-sized
+        "processed_at": st.column_config.DatetimeColumn(
+            "processed (UTC)", format="YYYY-MM-DD HH:mm:ss", help="when the worker stored the label"),
+        "score": st.column_config.NumberColumn(format="%.2f", width="small"),
+        "label": st.column_config.TextColumn(width="small"),
         "corrected_label": "corrected to",
+        "model_version": "model",
         "text": st.column_config.TextColumn(width="large"),
     })
-    st.caption(f"{len(frame)} newest reviews by processing time, from Postgres at `{address}`.")
+    st.caption(f"The {len(frame)} reviews processed last, newest first by processing time (when the worker "
+               f"stored the label), from Postgres at `{address}`.")
+    if flash := st.session_state.pop(FLASH, None):
+        st.success(flash, icon=":material/check:")
     if settings.dashboard.corrections_enabled:
         correction_form(engine(settings, "feedback")[0], frame)
     else:  # off by default: anyone who reaches the page could otherwise feed `sentiment refresh`
@@ -81,12 +101,17 @@ def correction_form(db: Engine, frame: pd.DataFrame) -> None:
     """A person's correction of one shown review, stored beside the model's label (``review_feedback``)."""
     if frame.empty:
         return
+    # After each correction the picker is a new widget (a fresh key; the browser would keep showing the old
+    # label otherwise), still on the review just corrected.
+    saved, last = st.session_state.get(SAVED, (0, None))
     with st.form("correct_label", clear_on_submit=False):
         st.subheader("Correct a label")
-        shown = dict(zip(frame["review_id"], frame["label"], strict=True))
-        id_col, label_col, by_col = st.columns([2, 1, 1])
-        review_id = id_col.selectbox("review", list(shown), key="feedback_review",
-                                     format_func=lambda rid: f"{rid} ({shown[rid]})")
+        shown = {row["review_id"]: review_choice(row) for _, row in frame.iterrows()}
+        id_col, label_col, by_col = st.columns([3, 1, 1])
+        review_id = id_col.selectbox("review (id · current label · text)", list(shown),
+                                     index=list(shown).index(last) if last in shown else 0,
+                                     key=f"feedback_review_{saved}" if saved else "feedback_review",
+                                     format_func=shown.__getitem__)
         label = label_col.selectbox("correct label", LABELS, key="feedback_label")
         author = by_col.text_input("your name", default_author(), key="feedback_author")
         note = st.text_input("note (optional)", key="feedback_note")
@@ -95,7 +120,8 @@ def correction_form(db: Engine, frame: pd.DataFrame) -> None:
                 c = add_correction(db, review_id, label, author.strip(), note.strip() or None)
             except FeedbackError as e:
                 st.error(markdown_literal(e), icon=":material/error:")
-            else:
-                st.success(f"{markdown_literal(c.review_id)}: {c.previous_label} -> {c.label}, by "
-                           f"{markdown_literal(c.author)}. The next `sentiment refresh` trains on it.",
-                           icon=":material/check:")
+            else:  # run the page again, so that the table above shows the correction
+                st.session_state[FLASH] = (f"{markdown_literal(c.review_id)}: {c.previous_label} -> {c.label}, by "
+                                           f"{markdown_literal(c.author)}. The next `sentiment refresh` trains on it.")
+                st.session_state[SAVED] = (saved + 1, c.review_id)
+                st.rerun()

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import redis
 import streamlit as st
+from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -22,8 +23,22 @@ COLORS = {"negative": "#d62728", "neutral": "#9e9e9e", "positive": "#2ca02c"}
 
 def load_settings() -> Settings:
     """Fresh settings on every run (not the lru-cached ``get_settings``): the server's environment decides,
-    and tests re-point it between runs in one process."""
-    return Settings()
+    and tests re-point it between runs in one process. A bad ``SENTIMENT_*`` value stops the page with one
+    line naming it, not a traceback."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        st.error(settings_error(e), icon=":material/error:")
+        st.stop()
+
+
+def settings_error(e: ValidationError) -> str:
+    """The first bad setting as its variable name and what is wrong (never its value: it may be a secret)."""
+    first = e.errors()[0]
+    name = "SENTIMENT_" + "__".join(str(part) for part in first["loc"]).upper()
+    more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+    return (f"Setting {name} is invalid: {first['msg']}{more}. Fix it in the environment or `.env` and restart "
+            "`sentiment dashboard`.")
 
 
 @contextlib.contextmanager

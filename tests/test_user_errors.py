@@ -1,0 +1,58 @@
+"""Errors a user can cause are one line on stderr and exit code 2: a bad SENTIMENT_* value (naming the variable,
+the value and what is allowed, never a secret), and `sentiment sql`'s refusals naming what to change."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from sentiment_app.cli import app
+from stream.settings import Settings, get_settings
+from tests.support import invoke_cli
+
+
+def one_line(env: dict[str, str], *args: str) -> str:
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, list(args), env=env)
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"SENTIMENT_MODEL__DEVICE": "gpu"},
+     "error: SENTIMENT_MODEL__DEVICE='gpu' is not valid (allowed: 'auto', 'cpu' or 'cuda'): fix it in the "
+     "environment or .env"),
+    ({"SENTIMENT_WORKER__BATCH_MAX": "0"},
+     "error: SENTIMENT_WORKER__BATCH_MAX='0' is not valid (Input should be greater than or equal to 1): fix it in "
+     "the environment or .env"),
+    ({"SENTIMENT_KAFKA": "{not json"},
+     "error: SENTIMENT_KAFKA is not a JSON object: set its fields one by one instead, as SENTIMENT_KAFKA__FIELD, "
+     "in the environment or .env"),
+])
+def test_a_bad_setting_is_one_line_naming_the_variable(env: dict[str, str], expected: str) -> None:
+    for command in (["sql", "SELECT 1"], ["status"], ["classify", "great"]):
+        assert one_line(env, *command) == expected
+
+
+def test_a_bad_secret_setting_is_named_without_its_value() -> None:
+    line = one_line({"SENTIMENT_REDIS__URL": "redis://user:hunter2@host:6379/1", "SENTIMENT_REDIS__CLUSTER": "true"},
+                    "status")
+    assert line.startswith("error: SENTIMENT_REDIS__") and "hunter2" not in line
+
+
+def test_sql_refusals_name_the_statement_or_the_position(settings: Settings) -> None:
+    for query, expected in [
+        ("SELECT 1; SELECT 2", "error: 2 statements (SELECT, SELECT): `sentiment sql` runs exactly one; give one "
+                               "read-only query (SELECT, WITH, VALUES or TABLE)"),
+        ("SELECT * FROM review_sentiment WHER x", 'error: not valid SQL: syntax error at or near "x", at index 36'),
+        ("DELETE FROM review_sentiment", "error: DELETE is not a query: give one read-only query (SELECT, WITH, "
+                                         "VALUES or TABLE)"),
+        ("SELECT * FROM no_such_table", 'error: relation "no_such_table" does not exist'),
+    ]:
+        result = invoke_cli(settings, "sql", query)
+        assert result.exit_code == 2 and result.output.strip().splitlines() == [expected], result.output
