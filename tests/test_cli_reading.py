@@ -105,3 +105,26 @@ def test_drift_and_models_help_show_examples(settings: Settings) -> None:
         out = invoke_cli(settings, group, "--help")
         assert out.exit_code == 0 and "Examples:" in out.output, out.output
         assert f"  sentiment {group} " in out.output
+
+
+def test_every_usage_line_names_arguments_in_capitals(settings: Settings) -> None:
+    """typer prints a required argument as `{run_dir}`; every command of the CLI shows `RUN_DIR` instead."""
+    import typer.main
+
+    from sentiment_app.cli import app
+
+    def commands(group, path: tuple[str, ...] = ()):
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):  # a group (typer may carry its own click)
+                yield from commands(command, (*path, name))
+            else:
+                yield (*path, name)
+
+    seen = list(commands(typer.main.get_command(app)))
+    assert len(seen) > 20 and ("models", "publish") in seen
+    for path in seen:
+        out = invoke_cli(settings, *path, "--help")
+        usage = next(line for line in out.output.splitlines() if line.startswith("Usage:"))
+        assert out.exit_code == 0 and "{" not in usage, usage
+    assert "models publish [OPTIONS] RUN_DIR" in invoke_cli(settings, "models", "publish",
+                                                                             "--help").output

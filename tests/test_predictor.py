@@ -49,3 +49,17 @@ def test_label_order_rejects_unmappable_heads() -> None:
         label_order({0: "joy", 1: "anger", 2: "fear"})
     with pytest.raises(UserError, match="3-class"):
         label_order({0: "negative", 1: "positive"})
+
+
+def test_serving_reads_the_window_the_model_was_trained_with(tiny_model: Path, tmp_path: Path) -> None:
+    """No SENTIMENT_MODEL__MAX_LENGTH: the training record's max_length, else 128; a setting still wins."""
+    import json
+    import shutil
+
+    from sentiment_model.artifact import RUN_INFO_FILE
+
+    model = Path(shutil.copytree(tiny_model, tmp_path / "model"))
+    assert Predictor(model, device="cpu", threads=1).max_length == 128  # no training record
+    (model / RUN_INFO_FILE).write_text(json.dumps({"run_id": "r", "config": {"max_length": 64}}), encoding="utf-8")
+    assert Predictor(model, device="cpu", threads=1).max_length == 64
+    assert Predictor(model, device="cpu", threads=1, max_length=32).max_length == 32
