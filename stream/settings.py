@@ -8,6 +8,7 @@ Read from the environment (prefix ``SENTIMENT_``, nested fields joined by ``__``
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -23,16 +24,35 @@ from sentiment_model.settings_error import settings_error
 from storage.roles import ROLE_USERS, Role
 
 
+def kafka_topic_name(value: str) -> str:
+    """``value`` if Kafka accepts it as a topic name, else ValueError saying the rule."""
+    if not re.fullmatch(r"[a-zA-Z0-9._-]{1,249}", value):
+        raise ValueError("a Kafka topic name has 1-249 letters, digits, '.', '_' or '-'")
+    return value
+
+
 class KafkaSettings(BaseModel):
-    bootstrap_servers: str = "127.0.0.1:9092"
-    reviews_topic: str = "reviews"
-    dlq_topic: str = "reviews.dlq"
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="host:port[,host:port...]")
+    reviews_topic: str = Field("reviews", description="letters, digits, '.', '_', '-' (Kafka's rule)")
+    dlq_topic: str = Field("reviews.dlq", description="letters, digits, '.', '_', '-' (Kafka's rule)")
     partitions: int = Field(3, ge=1, description="partitions of the reviews topic when we create it")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: Path | None = None
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_ports(cls, value: str) -> str:
+        if not re.fullmatch(r"[^,\s]+:\d{1,5}(,[^,\s]+:\d{1,5})*", value):
+            raise ValueError("give host:port, several separated by commas (e.g. 127.0.0.1:9092)")
+        return value
+
+    @field_validator("reviews_topic", "dlq_topic")
+    @classmethod
+    def _kafka_topic_name(cls, value: str) -> str:
+        return kafka_topic_name(value)
 
     def client_options(self) -> dict[str, object]:
         """Connection options shared by kafka-python's producer, consumer and admin clients."""
@@ -80,6 +100,18 @@ class PostgresSettings(BaseModel):
     retention_days: int = Field(0, ge=0, description="drop each month of review_sentiment once all of it is older "
                                 "than this (set by `sentiment init`, applied hourly by the worker); 0: keep forever")
 
+    @field_validator("url")
+    @classmethod
+    def _a_postgres_url(cls, url: SecretStr) -> SecretStr:
+        """Fail at start-up, in one line and without echoing the URL (it may hold a password)."""
+        try:
+            backend = make_url(url.get_secret_value()).get_backend_name()
+        except Exception:  # noqa: BLE001 - sqlalchemy raises several types for a malformed URL
+            raise ValueError("not a database URL: use postgresql+psycopg://USER@HOST:PORT/DATABASE") from None
+        if backend != "postgresql":
+            raise ValueError(f"{backend!r} is not PostgreSQL: use postgresql+psycopg://USER@HOST:PORT/DATABASE")
+        return url
+
     @model_validator(mode="after")
     def _password_into_url(self) -> PostgresSettings:
         """A separate password (from a secret store, any characters) goes into ``url``, which every operator
@@ -116,6 +148,14 @@ class RedisSettings(BaseModel):
         "seen sets per hour; keep reviews per hour / shards <= 512 for 8 bytes per id (README)"))
     max_sources: int = Field(1000, ge=1, description="distinct sources per bucket; more count as overflow_source")
     overflow_source: str = Field("(other)", min_length=1, description="the source name past max_sources")
+
+    @field_validator("url")
+    @classmethod
+    def _a_redis_url(cls, url: SecretStr) -> SecretStr:
+        """Fail at start-up, in one line and without echoing the URL (it may hold a password)."""
+        if urlsplit(url.get_secret_value()).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("not a Redis URL: use redis://HOST:PORT/DB, rediss:// (TLS) or unix://PATH")
+        return url
 
     @field_validator("cluster")
     @classmethod

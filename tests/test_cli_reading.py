@@ -128,3 +128,16 @@ def test_every_usage_line_names_arguments_in_capitals(settings: Settings) -> Non
         assert out.exit_code == 0 and "{" not in usage, usage
     assert "models publish [OPTIONS] RUN_DIR" in invoke_cli(settings, "models", "publish",
                                                                              "--help").output
+
+
+def test_counts_and_topics_out_of_range_are_refused_before_any_work(settings: Settings, tmp_path: Path) -> None:
+    """Found by a newcomer pass: `reviews --limit -1` was an SQL traceback, `produce --topic bad/topic` a
+    kafka-python one, `dlq --limit -3` printed "latest -3"."""
+    events = tmp_path / "one.jsonl"
+    events.write_text('{"review_id": "x", "text": "fine"}\n', encoding="utf-8")
+    for args in (("reviews", "--limit", "-1"), ("dlq", "--limit", "-3"), ("feedback", "--limit", "0"),
+                 ("produce", str(events), "--limit", "-1"), ("produce", str(events), "--rate", "0"),
+                 ("produce", str(events), "--topic", "bad/topic")):
+        out = invoke_cli(settings, *args)
+        assert out.exit_code == 2 and "Traceback" not in out.output, (args, out.output)
+        assert "Invalid value for '--" in out.output, (args, out.output)

@@ -39,6 +39,20 @@ def test_a_bad_setting_is_one_line_naming_the_variable(env: dict[str, str], expe
         assert one_line(env, *command) == expected
 
 
+@pytest.mark.parametrize(("env", "hint"), [
+    ({"SENTIMENT_POSTGRES__URL": "notaurl"}, "not a database URL"),
+    ({"SENTIMENT_POSTGRES__URL": "mysql://u:hunter2@127.0.0.1/x"}, "'mysql' is not PostgreSQL"),
+    ({"SENTIMENT_REDIS__URL": "http://u:hunter2@x"}, "not a Redis URL"),
+    ({"SENTIMENT_KAFKA__REVIEWS_TOPIC": "bad/topic"}, "a Kafka topic name has 1-249 letters"),
+    ({"SENTIMENT_KAFKA__BOOTSTRAP_SERVERS": "nonsense"}, "give host:port"),
+])
+def test_a_malformed_url_topic_or_server_list_is_one_line_at_start(env: dict[str, str], hint: str) -> None:
+    """Found by a newcomer pass: each of these was a library traceback at first use, not a settings error."""
+    for command in (["status"], ["reviews"], ["trends"]):
+        line = one_line(env, *command)
+        assert line.startswith(f"error: {next(iter(env))}") and hint in line and "hunter2" not in line
+
+
 def test_a_bad_secret_setting_is_named_without_its_value() -> None:
     line = one_line({"SENTIMENT_REDIS__URL": "redis://user:hunter2@host:6379/1", "SENTIMENT_REDIS__CLUSTER": "true"},
                     "status")

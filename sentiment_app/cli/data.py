@@ -53,7 +53,7 @@ def trends(
 
 @app.command()
 def dlq(
-    limit: Annotated[int, typer.Option(help="show the latest N")] = 20,
+    limit: Annotated[int, typer.Option(min=1, help="show the latest N")] = 20,
     show_value: Annotated[bool, typer.Option(help="print the raw value (first 200 bytes)")] = False,
 ) -> None:
     """List dead-lettered events: the reason, the source position and (optionally) the raw value.
@@ -101,7 +101,7 @@ def sql(query: Annotated[str, typer.Argument(help="one query (SELECT, WITH, VALU
 
 @app.command()
 def reviews(
-    limit: int = 20,
+    limit: Annotated[int, typer.Option(min=1, help="show the latest N")] = 20,
     label: Annotated[str | None, typer.Option(help="negative, neutral or positive")] = None,
     source: str | None = None,
     search: Annotated[str | None, typer.Option(help="substring of the text (case-insensitive)")] = None,
@@ -128,7 +128,7 @@ def feedback(
     label: Annotated[str | None, typer.Argument(help="negative, neutral or positive")] = None,
     by: Annotated[str | None, typer.Option(help="who corrects it [default: $USER]")] = None,
     note: Annotated[str | None, typer.Option(help="why, for the next reader")] = None,
-    limit: Annotated[int, typer.Option(help="without arguments: list the latest N corrections")] = 20,
+    limit: Annotated[int, typer.Option(min=1, help="without arguments: list the latest N corrections")] = 20,
 ) -> None:
     """Correct a review's label (stored beside the model's; the next `sentiment refresh` trains on it).
 

@@ -55,6 +55,15 @@ def worker(loglevel: str = "info") -> None:
     run_worker(get_settings(), loglevel=loglevel)
 
 
+def _topic(value: str | None) -> str | None:
+    from stream.settings import kafka_topic_name
+
+    try:
+        return None if value is None else kafka_topic_name(value)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
 @app.command()
 def produce(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, metavar="FILE",
@@ -69,9 +78,9 @@ def produce(
     source_col: Annotated[str | None, typer.Option(metavar="COLUMN", help="[default: source if present]")] = None,
     time_col: Annotated[str | None, typer.Option(metavar="COLUMN", help="[default: created_at if present]")] = None,
     source: Annotated[str | None, typer.Option(help="source for rows that have none")] = None,
-    rate: Annotated[float | None, typer.Option(help="events per second, at most")] = None,
-    limit: Annotated[int | None, typer.Option(help="stop after sending this many")] = None,
-    topic: Annotated[str | None, typer.Option(help="default: the configured reviews topic")] = None,
+    rate: Annotated[float | None, typer.Option(min=0.001, help="events per second, at most")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="stop after sending this many")] = None,
+    topic: Annotated[str | None, typer.Option(callback=_topic, help="default: the configured reviews topic")] = None,
 ) -> None:
     """Send a file of reviews to Kafka, one event per row, keyed by review id.
 
