@@ -138,6 +138,14 @@ def label_csv(predictor: Predictor, src: Path, dst: Path, text_col: str = "text"
     """Label ``src`` into ``dst`` (whole or not at all). ``UserError`` when ``dst`` is ``src``, the file is not
     UTF-8, ``text_col`` is missing, or no row could be labelled (then ``dst`` is left as it was)."""
     preflight(src, dst, text_col)
+    return label_checked(predictor, src, dst, text_col, chunk, on_progress, worker)
+
+
+def label_checked(predictor: Predictor, src: Path, dst: Path, text_col: str = "text", chunk: int = 256,
+                  on_progress: Callable[[int], None] | None = None,
+                  worker: WorkerSettings | None = None) -> LabelReport:
+    """``label_csv`` for a caller that ran ``preflight`` itself (the CLI, before loading the model): the UTF-8
+    check reads the whole file, so it runs once."""
     with open_csv(src) as rows, atomic_output(dst) as out:
         text_index = rows.column(text_col, "--text-col")
         report = LabelReport(added_columns(rows.header))

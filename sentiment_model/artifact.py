@@ -136,6 +136,7 @@ def write_calibration(model_dir: Path, calibration: dict[str, Any]) -> Path:
     return write_run_info(model_dir, info)
 
 
-def model_version(model_dir: Path) -> str:
-    """The version a row records: the training run id if the model came from one, else the dir name."""
-    return RunInfo.read(model_dir).run_id or Path(model_dir).resolve().name
+def model_version(model_dir: Path, info: RunInfo | None = None) -> str:
+    """The version a row records: the training run id if the model came from one, else the dir name
+    (``info``: the model's record when the caller has read it already)."""
+    return (info or RunInfo.read(model_dir)).run_id or Path(model_dir).resolve().name

@@ -31,6 +31,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -88,12 +89,12 @@ def cores_given() -> int:
         return os.cpu_count() or 1
 
 
-def training_cleaner(model_dir: Path) -> Callable[[str], str] | None:
+def training_cleaner(info: RunInfo) -> Callable[[str], str] | None:
     """The text cleaning the model was trained with (``training_run.json`` config.data.clean), or None.
 
     Serving must see text as training did (e.g. @mentions -> @user, links -> http), or accuracy drops.
     """
-    cfg = RunInfo.read(model_dir).cleaning
+    cfg = info.cleaning
     return None if cfg is None else (lambda text: clean_text(text, cfg))
 
 
@@ -158,8 +159,8 @@ class Predictor:
         # serving reads the window training read, unless told otherwise: one contract for the artifact
         self.max_length = max_length or info.max_length or DEFAULT_MAX_LENGTH
         self.batch_size = (cuda_batch_size or batch_size) if self.device.type == "cuda" else batch_size
-        self.version = version or model_version(self.model_dir)
-        self.clean = training_cleaner(self.model_dir)
+        self.version = version or model_version(self.model_dir, info)
+        self.clean = training_cleaner(info)
         self.temperature = info.temperature  # fitted on validation; 1 when never calibrated
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.long_text = long_text or info.long_text  # how a text over max_length is read
@@ -211,7 +212,7 @@ class Predictor:
             return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in enc.items()}
         return dict(enc)
 
-    @property
+    @cached_property
     def _pads_itself(self) -> bool:
         """Whether the CPU path may tokenise a request in one call and pad per chunk itself (``_padded``)."""
         tok = self.tokenizer

@@ -3,7 +3,12 @@ the value and what is allowed, never a secret), and `sentiment sql`'s refusals n
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given
+from hypothesis import settings as settings_profile
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from sentiment_app.cli import app
@@ -70,3 +75,28 @@ def test_sql_refusals_name_the_statement_or_the_position(settings: Settings) -> 
     ]:
         result = invoke_cli(settings, "sql", query)
         assert result.exit_code == 2 and result.output.strip().splitlines() == [expected], result.output
+
+
+@settings_profile(max_examples=150, deadline=None)
+@given(variable=st.sampled_from(["SENTIMENT_POSTGRES__URL", "SENTIMENT_REDIS__URL", "SENTIMENT_KAFKA__REVIEWS_TOPIC",
+                                 "SENTIMENT_KAFKA__DLQ_TOPIC", "SENTIMENT_KAFKA__BOOTSTRAP_SERVERS"]),
+       value=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=80))
+def test_any_value_of_a_connection_setting_is_usable_or_one_line(variable: str, value: str) -> None:
+    """Whatever a user puts there: settings that load, or a SettingsError of one line naming the variable (a
+    URL's value never echoed); never a library exception."""
+    from sentiment_model.settings_error import SettingsError
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(variable, value)
+        get_settings.cache_clear()
+        try:
+            loaded = get_settings()
+        except SettingsError as err:
+            line = str(err)
+            assert "\n" not in line.strip() and line.startswith(variable), line
+            assert "URL" not in variable or value not in line or len(value) < 3, line
+            return
+        finally:
+            get_settings.cache_clear()
+    if variable.endswith("TOPIC"):
+        assert re.fullmatch(r"[a-zA-Z0-9._-]{1,249}", getattr(loaded.kafka, variable.split("__")[1].lower()))

@@ -56,7 +56,11 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of the labels under softmax(logits / T)."""
-    z, y = _check(logits, labels)
+    return _nll(*_check(logits, labels), temperature)
+
+
+def _nll(z: np.ndarray, y: np.ndarray, temperature: float) -> float:
+    """``nll`` on inputs ``_check`` has passed (the fit evaluates it ~200 times on the same arrays)."""
     z = z / temperature
     m = z.max(axis=1)
     log_norm = m + np.log(np.exp(z - m[:, None]).sum(axis=1))
@@ -72,7 +76,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, iterations: int = 10
     z, y = _check(logits, labels)
 
     def loss(u: float) -> float:
-        return nll(z, y, math.exp(u))
+        return _nll(z, y, math.exp(u))
 
     lo, hi = math.log(T_MIN), math.log(T_MAX)
     ratio = (math.sqrt(5) - 1) / 2

@@ -177,7 +177,7 @@ def classify(
 
     Example: sentiment classify "love it" "meh"   |   sentiment classify --csv in.csv --out labelled.csv
     """
-    from sentiment_app.csv_labelling import label_csv, load_predictor, preflight, text_rejection
+    from sentiment_app.csv_labelling import label_checked, load_predictor, preflight, text_rejection
 
     s = get_settings()
     if csv_in is not None:
@@ -196,7 +196,7 @@ def classify(
     if csv_in is not None:
         progress = RowsDone()
         try:
-            report = label_csv(predictor, csv_in, target, text_col, on_progress=progress, worker=s.worker)
+            report = label_checked(predictor, csv_in, target, text_col, on_progress=progress, worker=s.worker)
         finally:
             progress.close()
         console.print(markup_safe(f"labelled {report.labelled} rows -> {target}"), highlight=False, soft_wrap=True)
