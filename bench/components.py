@@ -205,6 +205,41 @@ class WorkerRun:
     rss_mb: list[float]  # resident set of each worker at the end (shared library pages counted in each)
     pss_mb: list[float]  # proportional set: shared pages divided among the processes that map them
     produce_s: float = 0.0  # several workers: how long producing the events took (inside the measured window)
+    latency_ms: dict[str, float] | None = None  # latency_s: produce -> committed row at half the measured rate
+
+
+def latency_at(stack: PrivateStack, rate: float, seconds: float, timeout: float = 300) -> dict[str, float]:
+    """Events sent at a steady ``rate`` for ``seconds`` to a running worker: p50 / p99 / max milliseconds from
+    each send to its row's commit (``processed_at``; same machine, same clock)."""
+    from kafka import KafkaProducer
+    from sqlalchemy import text
+
+    n = max(50, int(rate * seconds))
+    evs = [{**e, "review_id": f"lat-{i}"} for i, e in enumerate(events(n))]
+    producer = KafkaProducer(acks=1, linger_ms=0, **stack.settings.kafka.client_options())
+    sent: dict[str, float] = {}
+    t0 = time.monotonic()
+    for i, e in enumerate(evs):
+        if (ahead := i / rate - (time.monotonic() - t0)) > 0:
+            time.sleep(ahead)
+        sent[e["review_id"]] = time.time()
+        producer.send(stack.settings.kafka.reviews_topic, key=e["review_id"].encode(), value=json.dumps(e).encode())
+    producer.flush(60)
+    producer.close()
+    query = text("SELECT review_id, extract(epoch FROM processed_at) FROM review_sentiment "
+                 "WHERE review_id LIKE 'lat-%'")
+    deadline = time.monotonic() + timeout
+    while True:
+        with stack.engine.connect() as conn:
+            done = dict(conn.execute(query).all())
+        if len(done) >= n or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if len(done) < n:
+        raise RuntimeError(f"latency phase: {len(done)}/{n} rows after {timeout:.0f}s")
+    ms = sorted((float(done[r]) - t) * 1000 for r, t in sent.items())
+    return {"rate_per_s": round(rate, 1), "events": n, "p50": round(ms[n // 2], 1),
+            "p99": round(ms[min(n - 1, int(0.99 * n))], 1), "max": round(ms[-1], 1)}
 
 
 def proc_memory_mb(pid: int) -> tuple[float, float]:
@@ -233,8 +268,8 @@ def group_members(stack: PrivateStack) -> int:
 
 
 def worker_pipeline(stack: PrivateStack, n: int, tmp: Path, model: Path | None = None,
-                    during: Callable[[int], Any] | None = None, workers: int = 1, threads: int | None = 1
-                    ) -> WorkerRun:
+                    during: Callable[[int], Any] | None = None, workers: int = 1, threads: int | None = 1,
+                    latency_s: float = 0.0) -> WorkerRun:
     """Real `sentiment worker` processes whose model costs almost nothing (default: the tests' 2-layer, 32-wide
     model): what workers themselves (Faust, micro-batches, sinks, acks) can carry, i.e. a GPU worker's ceiling.
 
@@ -244,7 +279,8 @@ def worker_pipeline(stack: PrivateStack, n: int, tmp: Path, model: Path | None =
     when it is most of the window, the producer set the pace and the rate is a lower bound. Either way the rate
     (several: their sum) runs from the first row to the last. Also the workers' CPU
     microseconds per event, summed, and each one's memory. ``during(pid)`` is called with the first worker once
-    the clock starts (e.g. to start a profiler); what it returns is closed (``wait()``) after the last row."""
+    the clock starts (e.g. to start a profiler); what it returns is closed (``wait()``) after the last row.
+    ``latency_s``: then ``latency_at`` half the measured rate for that long (``latency_ms``)."""
     from sqlalchemy import text
 
     from tests.support import make_tiny_model
@@ -299,8 +335,10 @@ def worker_pipeline(stack: PrivateStack, n: int, tmp: Path, model: Path | None =
         memory = [proc_memory_mb(p.pid) for p in procs]
         if producing is not None:
             producing.join(60)
-        return WorkerRun((n - first) / wall, cpu * 1e6 / (n - first), workers, [round(m[0], 1) for m in memory],
-                         [round(m[1], 1) for m in memory], round(produced[0], 1) if producing and produced else 0.0)
+        per_s = (n - first) / wall
+        return WorkerRun(per_s, cpu * 1e6 / (n - first), workers, [round(m[0], 1) for m in memory],
+                         [round(m[1], 1) for m in memory], round(produced[0], 1) if producing and produced else 0.0,
+                         latency_at(own, per_s / 2, latency_s) if latency_s else None)
     finally:
         if watcher is not None:
             watcher.wait()

@@ -159,13 +159,17 @@ def main() -> None:
     ap.add_argument("--naive-events", type=int, default=200)
     ap.add_argument("--latency-seconds", type=float, default=30.0)
     ap.add_argument("--profile", type=Path, help="with --model null: py-spy the worker, top functions here")
+    ap.add_argument("--profile-gil", action="store_true",
+                    help="with --profile: sample only the thread holding the GIL (py-spy --gil)")
     ap.add_argument("--model-batch", type=int, help="with --model null: texts per forward pass (default: settings)")
+    ap.add_argument("--quantize", default="none", choices=["none", "int8", "onnx", "onnx-int8", "auto"],
+                    help="the serving path of the ceiling and the worker (default: torch fp32, the target's)")
     ap.add_argument("--workers", type=int, default=1, help="also N worker processes in one group, their sum")
     args = ap.parse_args()
     if args.model == Path("null"):  # the pipeline's own cost vs its components (bench/pipeline_null.py)
         from pipeline_null import run
 
-        run(args.events, args.json, args.profile, args.batch_max, args.model_batch, args.workers)
+        run(args.events, args.json, args.profile, args.batch_max, args.model_batch, args.workers, args.profile_gil)
         return
 
     tag = f"bench-{uuid.uuid4().hex[:8]}"
@@ -173,13 +177,19 @@ def main() -> None:
     worker = {"batch_max": args.batch_max} if args.batch_max else {}
     # Its own schema, topics, consumer group and Redis prefix (bench/private_stack.py), all removed afterwards.
     with private_stack("pipeline", threads=os.cpu_count() or 1, **worker) as stack:
+        # the ceiling and the worker serve the same path (the worker's default on a CPU is ONNX int8)
+        stack.settings = stack.settings.model_copy(update={
+            "model": stack.settings.model.model_copy(update={"quantize": args.quantize})})
         settings = stack.settings
         batch = settings.worker.batch_max
         texts = tweet_texts(args.events)
         log(f"model {model_dir}; {len(texts)} events; micro-batch {batch}, model batch {settings.model.batch_size}")
 
         predictor = Predictor(model_dir, device=settings.model.device, max_length=settings.model.max_length,
-                              batch_size=settings.model.batch_size, threads=settings.model.threads)
+                              batch_size=settings.model.batch_size, threads=settings.model.threads,
+                              quantize=args.quantize)
+        serving_path = predictor.path
+        log(f"serving path (ceiling and worker): {serving_path}")
         ceiling = measure_ceiling(predictor, texts, batch)
         log(f"ceiling: {ceiling:.1f} ev/s")
         naive = measure_naive(predictor, texts[: args.naive_events], stack, tag)
@@ -242,6 +252,7 @@ def main() -> None:
         "model_batch": settings.model.batch_size,
         "model": str(model_dir),
         "device": device,
+        "serving_path": serving_path,
         **({"scaling": scaling} if scaling else {}),
         "cpu_count": os.cpu_count(),
         "when": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -37,7 +37,6 @@ from private_stack import PrivateStack, log, private_stack  # noqa: E402
 from private_stack import texts as bench_texts  # noqa: E402
 
 from sentiment_model.predictor import DEFAULT_MAX_LENGTH  # noqa: E402
-from stream.app import cache_batch_statements  # noqa: E402
 from stream.services import create_topics, kafka_admin  # noqa: E402
 
 LABELS = {0: "negative", 1: "neutral", 2: "positive"}
@@ -138,12 +137,13 @@ def delete_groups(stack: PrivateStack, groups: list[str]) -> None:
 class Profiler:
     """py-spy sampling one process for ``seconds`` (raw collapsed stacks), summarised after."""
 
-    def __init__(self, pid: int, seconds: float, out: Path) -> None:
+    def __init__(self, pid: int, seconds: float, out: Path, gil: bool = False) -> None:
         self.raw, self.out = out.with_suffix(".collapsed"), out
         spy = Path(sys.executable).parent / "py-spy"
         self.proc = subprocess.Popen([str(spy), "record", "--pid", str(pid), "--duration", str(int(seconds)),
                                       "--rate", "200", "--threads", "--format", "raw", "--output", str(self.raw),
-                                      "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                                      "--nonblocking", *(["--gil"] if gil else [])],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
     def wait(self) -> None:
         self.proc.wait(120)
@@ -176,7 +176,7 @@ def summarise(collapsed: str, top: int = 40) -> str:
 
 
 def run(events: int, json_out: Path, profile: Path | None, batch_max: int | None, model_batch: int | None = None,
-        workers: int = 1) -> dict[str, Any]:
+        workers: int = 1, profile_gil: bool = False) -> dict[str, Any]:
     worker = {"batch_max": batch_max} if batch_max else {}
     scaling: dict[str, Any] = {}
     up_before = uptime()
@@ -202,7 +202,6 @@ def run(events: int, json_out: Path, profile: Path | None, batch_max: int | None
             load["faust_bare"] = os.getloadavg()[0]
             log(f"bare faust agent: {comps['faust_bare']:,.0f}/s ({bare_cpu_us:.0f} us of its CPU per event)")
             rows = comp.rows_of(parsed)
-            cache_batch_statements()  # as the worker does (stream.app)
             comps["postgres_insert"], stored, _, _ = comp.postgres_insert(stack, rows, s.worker.batch_max)
             load["postgres_insert"] = os.getloadavg()[0]
             log(f"postgres sink: {comps['postgres_insert']:,.0f}/s")
@@ -216,12 +215,12 @@ def run(events: int, json_out: Path, profile: Path | None, batch_max: int | None
             log(f"tokenizer: {comps['tokenizer']:,.0f}/s")
             model_alone = predictor_alone(model, texts, stack)
             log(f"null predictor alone: {model_alone:,.0f}/s")
-            during = (lambda pid: Profiler(pid, 30, profile)) if profile else None
-            one = comp.worker_pipeline(stack, events, tmp, model=model, during=during)
+            during = (lambda pid: Profiler(pid, 30, profile, profile_gil)) if profile else None
+            one = comp.worker_pipeline(stack, events, tmp, model=model, during=during, latency_s=20)
             e2e, cpu_us = one.per_s, one.cpu_us_per_event
             load["null_e2e"] = os.getloadavg()[0]
             log(f"worker, null model, end to end: {e2e:,.0f}/s ({cpu_us:.0f} us of its CPU per event; "
-                f"RSS {one.rss_mb[0]:,.0f} MiB, PSS {one.pss_mb[0]:,.0f} MiB)")
+                f"RSS {one.rss_mb[0]:,.0f} MiB, PSS {one.pss_mb[0]:,.0f} MiB); at half that rate: {one.latency_ms}")
             if workers > 1:  # the same in N processes of one group, each with its own model copy: their sum
                 many = comp.worker_pipeline(stack, events * workers, tmp, model=model, workers=workers)
                 load[f"null_e2e_{workers}_workers"] = os.getloadavg()[0]
@@ -248,6 +247,7 @@ def run(events: int, json_out: Path, profile: Path | None, batch_max: int | None
         "faust_bare_cpu_us_per_event": round(bare_cpu_us, 1),
         "bare_over_worker_cpu_per_event": round(bare_cpu_us / cpu_us, 3),  # the ratio a loaded machine skews least
         "worker_memory_mb": {"rss": one.rss_mb[0], "pss": one.pss_mb[0]},
+        "latency_ms_at_half_load": one.latency_ms,  # produce -> committed row, p50 / p99 / max
         **({"scaling": scaling} if scaling else {}),
         "events": events,
         "micro_batch": s.worker.batch_max,

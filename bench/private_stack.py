@@ -73,14 +73,22 @@ class PrivateStack:
     def start_worker(self, **env: str) -> subprocess.Popen:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("SENTIMENT_")}
         environ.update(self.settings.to_env(), PYTHONUNBUFFERED="1", **env)
-        log_file = (self.tmp / f"worker-{len(self.workers)}.log").open("wb")
+        log_file = self._log_path(len(self.workers)).open("wb")
         proc = subprocess.Popen([sys.executable, "-m", "sentiment_app", "worker"], cwd=REPO, env=environ,
                                 stdout=log_file, stderr=subprocess.STDOUT)
         self.workers.append(proc)
         return proc
 
+    def _log_path(self, i: int) -> Path:
+        """Worker i's log: in the private folder (removed after), or kept under ``BENCH_KEEP_LOGS``."""
+        keep = os.environ.get("BENCH_KEEP_LOGS")
+        if not keep:
+            return self.tmp / f"worker-{i}.log"
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        return Path(keep) / f"{self.uid}-{self.settings.kafka.reviews_topic}-worker-{i}.log"
+
     def worker_log(self, i: int = -1) -> str:
-        return (self.tmp / f"worker-{i % len(self.workers)}.log").read_text(errors="replace")
+        return self._log_path(i % len(self.workers)).read_text(errors="replace")
 
     def produce(self, events: list[dict[str, Any]]) -> None:
         from kafka import KafkaProducer

@@ -109,31 +109,38 @@ def special_counts(tokenizer: Any) -> tuple[int, int]:
 
 def encode(tokenizer: Any, texts: Sequence[str], max_length: int, cfg: LongTextConfig,
            specials: tuple[int, int], one: bool = False, **kwargs: Any) -> tuple[dict[str, list[list[int]]], list[int]]:
-    """Tokenise ``texts`` in one call, without truncation, then read each as ``views`` does.
+    """Tokenise ``texts`` in one call, without truncation, then read each as ``views`` does (``cut``).
 
     Returns every per-token list the tokenizer gave (input ids, masks), one row per view, and the text each row
-    belongs to. A text that fits is untouched: no second tokenizer pass.
+    belongs to.
     """
     if not texts:
         return {"input_ids": []}, []
     enc = tokenizer(list(texts), truncation=False, verbose=False, **kwargs)
-    keys = [k for k in enc if isinstance(enc[k], list)]
-    if max(map(len, enc["input_ids"])) <= max_length:  # the usual case: every text fits, nothing to cut
-        return {k: enc[k] for k in keys}, list(range(len(texts)))
-    rows: dict[str, list[list[int]]] = {k: [] for k in keys}
+    return cut({k: enc[k] for k in enc if isinstance(enc[k], list)}, max_length, cfg, specials, one)
+
+
+def cut(enc: dict[str, list[list[int]]], max_length: int, cfg: LongTextConfig, specials: tuple[int, int],
+        one: bool = False) -> tuple[dict[str, list[list[int]]], list[int]]:
+    """Whole encodings (one row per text, ``input_ids`` and any masks) as the rows the model reads (``views``),
+    with the text each row belongs to. A text that fits is untouched."""
+    n = len(enc["input_ids"])
+    if not n or max(map(len, enc["input_ids"])) <= max_length:  # the usual case: every text fits, nothing to cut
+        return enc, list(range(n))
+    rows: dict[str, list[list[int]]] = {k: [] for k in enc}
     owner: list[int] = []
     for i, ids in enumerate(enc["input_ids"]):
         if len(ids) <= max_length:
-            for k in keys:
+            for k in enc:
                 rows[k].append(enc[k][i])
             owner.append(i)
             continue
-        n = 0
-        for k in keys:
-            cut = views(enc[k][i], max_length, cfg, specials, one)
-            rows[k] += cut
-            n = len(cut)
-        owner += [i] * n
+        views_n = 0
+        for k in enc:
+            part = views(enc[k][i], max_length, cfg, specials, one)
+            rows[k] += part
+            views_n = len(part)
+        owner += [i] * views_n
     return rows, owner
 
 

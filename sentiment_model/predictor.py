@@ -23,8 +23,10 @@ default, or windows whose logits are averaged), the same way training read it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import gc
+import itertools
 import logging
 import os
 import sys
@@ -33,13 +35,15 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from sentiment_model.artifact import RunInfo, model_version, require_model_dir
 from sentiment_model.cleaning import clean_text
 from sentiment_model.labels import LABELS, label_columns
-from sentiment_model.long_text import LongTextConfig, average_per_text, encode, special_counts
+from sentiment_model.long_text import LongTextConfig, average_per_text, cut, encode, special_counts
 from sentiment_model.onnx_runtime import OnnxForward, onnx_or_none
 from sentiment_model.settings import ModelSettings
 
@@ -219,24 +223,41 @@ class Predictor:
         return (tok.is_fast and tok.padding_side == "right" and tok.pad_token_id is not None
                 and set(tok.model_input_names) <= {"input_ids", "attention_mask", "token_type_ids"})
 
+    @cached_property
+    def _rust_tokenizer(self) -> Any:
+        """The fast tokenizer's Rust core, truncation and padding off: its ids without transformers' per-text
+        dicts (a tenth of the worker's GIL time in the profile, README "Performance"); ids identical to
+        ``tokenizer(texts)``'s (``tests/test_predictor_padding.py``)."""
+        core = copy.deepcopy(self.tokenizer.backend_tokenizer)  # ours to configure: the wrapper sets its own per call
+        core.no_truncation()
+        core.no_padding()
+        return core
+
     def _token_ids(self, texts: Sequence[str] | Sequence[list[int]]) -> list[list[int]]:
         """Every text's token ids in one call into the fast tokenizer (a call per chunk costs about twice as
         much per text: the worker's profile, README "Performance"), a text over ``max_length`` cut as the model's
         ``long_text`` says; rows already tokenised (``windows``) pass as they are."""
         if texts and not isinstance(texts[0], str):
             return list(texts)  # type: ignore[arg-type]
-        rows, _ = encode(self.tokenizer, texts, self.max_length, self.long_text, self._specials, one=True,
-                         return_attention_mask=False, return_token_type_ids=False)
+        if not self.tokenizer.is_fast:
+            rows, _ = encode(self.tokenizer, texts, self.max_length, self.long_text, self._specials, one=True,
+                             return_attention_mask=False, return_token_type_ids=False)
+            return rows["input_ids"]
+        core = self._rust_tokenizer
+        batch = getattr(core, "encode_batch_fast", core.encode_batch)  # _fast: no character offsets
+        rows, _ = cut({"input_ids": [e.ids for e in batch(list(texts), add_special_tokens=True)]}, self.max_length,
+                      self.long_text, self._specials, one=True)
         return rows["input_ids"]
 
     def _padded(self, ids: list[list[int]], idx: list[int]) -> dict[str, torch.Tensor]:
         """One chunk as ``_encode`` gives it: right-padded to a multiple of 8, attention mask by length."""
-        rows = [ids[i] for i in idx]
-        width = -(-max(map(len, rows)) // 8) * 8
-        pad = self.tokenizer.pad_token_id
-        lengths = torch.tensor([len(r) for r in rows])
-        return {"input_ids": torch.tensor([r + [pad] * (width - len(r)) for r in rows]),
-                "attention_mask": (torch.arange(width) < lengths[:, None]).long()}
+        lengths = np.fromiter((len(ids[i]) for i in idx), dtype=np.int64, count=len(idx))
+        width = -(-int(lengths.max()) // 8) * 8
+        mask = np.arange(width) < lengths[:, None]
+        input_ids = np.full((len(idx), width), self.tokenizer.pad_token_id, dtype=np.int64)
+        input_ids[mask] = np.fromiter(itertools.chain.from_iterable(ids[i] for i in idx), dtype=np.int64,
+                                      count=int(lengths.sum()))
+        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask.astype(np.int64))}
 
     @torch.inference_mode()
     def predict_logits(self, texts: Sequence[str]) -> torch.Tensor:

@@ -13,8 +13,9 @@ production and switches to it before the next batch (``stream.pipeline.ModelFoll
 also runs the registry's active shadow candidate, if any, on its share of reviews (``storage.shadow``);
 a worker with a pinned dir does not shadow.
 
-With ``overlap_io`` (default: on with a GPU) batch N is stored on a second thread while batch N+1 is
-labelled; acknowledgements still happen in order, each only after its batch is stored.
+The agent's body only hands each batch on, so faust fills the next batch while earlier ones are worked on:
+taking batch N+1 (event loop), labelling N (one thread) and, with ``overlap_io`` (default on), storing N-1 (a
+second thread) run at once. Acknowledgements still happen in batch order, each only after its batch is stored.
 
 Nothing escapes the agent loop (faust's supervisor would restart the agent and skip the batch in hand):
 a record's own failure is dead-lettered inside ``BatchProcessor``; anything else ends the process with
@@ -25,6 +26,7 @@ worker within ``session_timeout_s`` whatever it is doing (``stream.shutdown.Life
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import tempfile
 import threading
@@ -70,25 +72,8 @@ def _startup_model(settings: Settings, engine: Engine, retrier: Retrier) -> Mode
     return serving_model(settings, production)[0]
 
 
-def cache_batch_statements() -> None:
-    """Let psycopg cache the parse of a batch's INSERT (it caches only statements under 4 KB / 50 parameters).
-
-    The worker sends the same multi-row INSERT text for every full micro-batch; re-parsing it was the top
-    cost of the store in the profile (README "Performance"). The cache is psycopg's own (an LRU of 128
-    statements keyed by their text), so this only lifts its size limits, process-wide.
-    """
-    try:
-        from psycopg import _queries
-    except ImportError:
-        return
-    if hasattr(_queries, "MAX_CACHED_STATEMENT_LENGTH") and hasattr(_queries, "MAX_CACHED_STATEMENT_PARAMS"):
-        _queries.MAX_CACHED_STATEMENT_LENGTH = max(_queries.MAX_CACHED_STATEMENT_LENGTH, 1 << 20)
-        _queries.MAX_CACHED_STATEMENT_PARAMS = max(_queries.MAX_CACHED_STATEMENT_PARAMS, 1 << 16)
-
-
 def build_processor(settings: Settings, stop: threading.Event) -> BatchProcessor:
     m = settings.model
-    cache_batch_statements()
     pg_url = settings.postgres.dsn("worker")  # inserts reviews and shadow rows, reads the registry
     engine = get_engine(pg_url)
     retrier = Retrier(settings.worker.retry_max_backoff_s, stop)
@@ -229,31 +214,38 @@ def create_app(settings: Settings, lifeline: Lifeline | None = None) -> faust.Ap
             except Exception as e:  # metrics are a by-product: the batch is stored and acknowledged
                 log.warning("cannot record a batch's metrics (%s)", describe(e, 200))
 
-        pending: asyncio.Future[None] | None = None  # the previous batch's store (overlap_io only)
+        async def handle(events: list[faust.types.EventT], before: asyncio.Future[None] | None) -> None:
+            """Label one batch, then, once the batch before it is acknowledged, store and acknowledge it."""
+            records = [_raw(e) for e in events]
+            try:
+                labelled = await loop.run_in_executor(executor, processor.label, records)
+            except Stopping:
+                raise
+            except Exception as e:
+                _fatal("a batch cannot be labelled", e)
+            if before is not None:  # acks stay in batch order; a batch before that stopped stops this one too
+                await before
+            await store_and_ack(events, records, labelled)
+
+        # The agent's body hands each batch on and goes back to taking: faust's take buffer fills only while
+        # the body is not running, so taking batch N+1 overlaps labelling N and (overlap_io) storing N-1.
+        in_flight: collections.deque[asyncio.Future[None]] = collections.deque()
+        depth = 2 if overlap else 1  # batches handed on and not yet acknowledged while the next is taken
         try:
             async for events in stream.noack_take(w.batch_max, within=w.batch_within_s):
                 lifeline.in_flight += 1
-                try:
-                    records = [_raw(e) for e in events]
-                    labelled = await loop.run_in_executor(executor, processor.label, records)
-                except Stopping:
-                    raise
-                except Exception as e:
-                    _fatal("a batch cannot be labelled", e)
-                if pending is not None:  # one store in flight at most; acks stay in batch order
-                    await pending
-                    pending = None
-                if overlap:
-                    pending = asyncio.ensure_future(store_and_ack(events, records, labelled))
-                else:
-                    await store_and_ack(events, records, labelled)
+                in_flight.append(asyncio.ensure_future(handle(events, in_flight[-1] if in_flight else None)))
+                while in_flight and (len(in_flight) > depth or in_flight[0].done()):
+                    await in_flight.popleft()
         except Stopping:
             log.warning("stopping with a batch unacknowledged; it will be replayed")
         except Exception as e:  # faust's own stream machinery: nothing may escape to its supervisor
             _fatal("the stream failed", e)
         finally:
-            if pending is not None and not pending.done():
-                pending.cancel()
+            for task in in_flight:  # unacknowledged: replayed by the next worker
+                if task.done() and not task.cancelled():
+                    task.exception()  # retrieved (a Stopping passed on from the batch before), not logged again
+                task.cancel()
 
     @app.on_before_shutdown.connect
     async def _stop_retrying(app: faust.App, **kwargs: object) -> None:

@@ -183,7 +183,7 @@ class WorkerSettings(BaseModel):
     reload_interval_s: float = Field(
         5.0, gt=0, description="how often (between batches) the worker asks the registry for the production model")
     overlap_io: Literal["auto", "on", "off"] = Field(
-        "on", description="store batch N while batch N+1 is labelled; auto: on with a GPU only")
+        "on", description="store batch N on a second thread while N+1 is labelled; auto: on with a GPU only")
 
 
 class RegistrySettings(BaseModel):

