@@ -47,5 +47,5 @@ def model_settings_from_env() -> ModelSettings:
     """``SENTIMENT_MODEL__*`` from the environment or ``.env``, exactly as ``Settings().model`` reads them."""
     try:
         return _ModelEnv().model
-    except (ValidationError, SourceError) as err:
+    except (ValidationError, SourceError, UnicodeDecodeError) as err:
         raise settings_error(err) from None

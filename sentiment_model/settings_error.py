@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from pydantic import ValidationError
 from pydantic_settings import SettingsError as SourceError
@@ -17,8 +18,12 @@ class SettingsError(UserError):
     """A setting from the environment or ``.env`` that cannot be used; the message names the variable."""
 
 
-def settings_error(err: ValidationError | SourceError) -> SettingsError:
+def settings_error(err: ValidationError | SourceError | UnicodeDecodeError) -> SettingsError:
     """The ``SettingsError`` to raise instead of pydantic's multi-line report (``raise ... from None``)."""
+    if isinstance(err, UnicodeDecodeError):  # the only file settings read is .env, in the working directory
+        env = Path(".env").absolute()
+        return SettingsError(f"{env} is not UTF-8 (byte 0x{err.object[err.start]:02x} at offset {err.start}): "
+                             f"save it as UTF-8, e.g. iconv -f latin1 -t utf-8 {env}")
     if isinstance(err, SourceError):  # a section given as JSON that does not parse
         field = re.search(r'field "(\w+)"', str(err))
         section = PREFIX + (field.group(1).upper() if field else "*")

@@ -290,5 +290,5 @@ def get_settings() -> Settings:
     """The settings; a bad ``SENTIMENT_*`` value is a one-line ``SettingsError`` (a ``UserError``)."""
     try:
         return Settings()
-    except (ValidationError, SourceError) as err:
+    except (ValidationError, SourceError, UnicodeDecodeError) as err:
         raise settings_error(err) from None

@@ -21,6 +21,7 @@ from sentiment_app.dashboard import launch
 from sentiment_app.dashboard.classify import inspect_upload, text_column
 from sentiment_app.dashboard.trends import (
     MIN_SPAN,
+    View,
     count_chart,
     negative_alert,
     share_chart,
@@ -91,6 +92,16 @@ def test_shares_are_smoothed_and_hidden_under_the_minimum() -> None:
     assert pooled["negative"].isna().tolist() == [True, True, False, False, False]
     assert pooled["negative"].tolist()[2:] == pytest.approx([2 / 3, 0.5, 1 / 3])
     assert pooled.dropna().sum(axis=1).tolist() == pytest.approx([1.0] * 3)
+
+
+def test_the_first_share_point_pools_a_whole_window() -> None:
+    """The page reads the share window's reach before the first bucket shown, so the first point of the share
+    chart pools as many buckets as every other point (it once pooled only the shown ones)."""
+    view = View(MINUTE, buckets=3, source=None, threshold=0.4, alert_window=1, min_reviews=1, share_window=4)
+    history = minutes([{"negative": 1}] * 3 + [{"positive": 1}] * 3)  # the three minutes before the shown three
+    whole = trend_frame(history[-view.read:])  # as much as the page reads from Redis
+    shares = share_frame(whole, view.share_window, 1).tail(view.buckets)
+    assert shares["negative"].tolist() == pytest.approx([3 / 4, 2 / 4, 1 / 4])
 
 
 @given(st.lists(st.integers(0, 10_000), min_size=1, max_size=200))

@@ -28,6 +28,15 @@ def one_line(env: dict[str, str], *args: str) -> str:
     return lines[0]
 
 
+def test_a_dotenv_not_in_utf8_is_one_line(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A .env saved in Latin-1 (an accent in a comment) is named, with a way to fix it; never a traceback."""
+    (tmp_path / ".env").write_bytes("SENTIMENT_WORKER__BATCH_MAX=64\n# café\n".encode("latin-1"))
+    monkeypatch.chdir(tmp_path)
+    line = one_line({}, "models", "list")
+    assert line == (f"error: {tmp_path / '.env'} is not UTF-8 (byte 0xe9 at offset 36): save it as UTF-8, "
+                    f"e.g. iconv -f latin1 -t utf-8 {tmp_path / '.env'}")
+
+
 @pytest.mark.parametrize(("env", "expected"), [
     ({"SENTIMENT_MODEL__DEVICE": "gpu"},
      "error: SENTIMENT_MODEL__DEVICE='gpu' is not valid (allowed: 'auto', 'cpu' or 'cuda'): fix it in the "

@@ -55,6 +55,11 @@ class View:
     def unit(self) -> str:
         return UNITS[self.resolution]
 
+    @property
+    def read(self) -> int:
+        """Buckets to read: those shown, the share window's reach before the first of them, the alert window."""
+        return max(self.buckets + self.share_window - 1, self.alert_window)
+
 
 @dataclass(frozen=True)
 class Alert:
@@ -231,8 +236,7 @@ def live_view(settings: Settings, view: View) -> None:
     try:
         trend_counters, address = counters(settings)
         with reaching("Redis", address):
-            read = max(view.buckets, view.alert_window)
-            whole = trend_frame(trend_counters.read(view.resolution, read, source=view.source))
+            whole = trend_frame(trend_counters.read(view.resolution, view.read, source=view.source))
     except ServiceUnavailable as e:
         show_unavailable(e)
         return

@@ -8,10 +8,12 @@ from collections.abc import Iterator
 import redis
 import streamlit as st
 from pydantic import ValidationError
+from pydantic_settings import SettingsError as SourceError
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from sentiment_model.settings_error import settings_error as source_error
 from storage.db import get_engine, safe_address
 from storage.roles import Role
 from storage.trends import TrendCounters
@@ -29,6 +31,9 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as e:
         st.error(settings_error(e), icon=":material/error:")
+        st.stop()
+    except (SourceError, UnicodeDecodeError) as e:  # a section given as unparsable JSON, a .env not in UTF-8
+        st.error(str(source_error(e)), icon=":material/error:")
         st.stop()
 
 
