@@ -205,12 +205,13 @@ class WorkerRun:
     rss_mb: list[float]  # resident set of each worker at the end (shared library pages counted in each)
     pss_mb: list[float]  # proportional set: shared pages divided among the processes that map them
     produce_s: float = 0.0  # several workers: how long producing the events took (inside the measured window)
-    latency_ms: dict[str, float] | None = None  # latency_s: produce -> committed row at half the measured rate
+    latency_ms: dict[str, float] | None = None  # latency_s: send -> row inserted, at half the measured rate
 
 
 def latency_at(stack: PrivateStack, rate: float, seconds: float, timeout: float = 300) -> dict[str, float]:
     """Events sent at a steady ``rate`` for ``seconds`` to a running worker: p50 / p99 / max milliseconds from
-    each send to its row's commit (``processed_at``; same machine, same clock)."""
+    each send to its row's insert (``processed_at``, the start of the insert's transaction; same machine, same
+    clock)."""
     from kafka import KafkaProducer
     from sqlalchemy import text
 
@@ -280,7 +281,8 @@ def worker_pipeline(stack: PrivateStack, n: int, tmp: Path, model: Path | None =
     (several: their sum) runs from the first row to the last. Also the workers' CPU
     microseconds per event, summed, and each one's memory. ``during(pid)`` is called with the first worker once
     the clock starts (e.g. to start a profiler); what it returns is closed (``wait()``) after the last row.
-    ``latency_s``: then ``latency_at`` half the measured rate for that long (``latency_ms``)."""
+    ``latency_s``: then ``latency_at`` half the measured rate for that long (``latency_ms``; not while profiling:
+    the profiler's load would be in the figure)."""
     from sqlalchemy import text
 
     from tests.support import make_tiny_model
@@ -338,7 +340,7 @@ def worker_pipeline(stack: PrivateStack, n: int, tmp: Path, model: Path | None =
         per_s = (n - first) / wall
         return WorkerRun(per_s, cpu * 1e6 / (n - first), workers, [round(m[0], 1) for m in memory],
                          [round(m[1], 1) for m in memory], round(produced[0], 1) if producing and produced else 0.0,
-                         latency_at(own, per_s / 2, latency_s) if latency_s else None)
+                         latency_at(own, per_s / 2, latency_s) if latency_s and watcher is None else None)
     finally:
         if watcher is not None:
             watcher.wait()

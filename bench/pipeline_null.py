@@ -247,7 +247,7 @@ def run(events: int, json_out: Path, profile: Path | None, batch_max: int | None
         "faust_bare_cpu_us_per_event": round(bare_cpu_us, 1),
         "bare_over_worker_cpu_per_event": round(bare_cpu_us / cpu_us, 3),  # the ratio a loaded machine skews least
         "worker_memory_mb": {"rss": one.rss_mb[0], "pss": one.pss_mb[0]},
-        "latency_ms_at_half_load": one.latency_ms,  # produce -> committed row, p50 / p99 / max
+        "latency_ms_at_half_load": one.latency_ms,  # send -> row inserted (processed_at), p50 / p99 / max
         **({"scaling": scaling} if scaling else {}),
         "events": events,
         "micro_batch": s.worker.batch_max,

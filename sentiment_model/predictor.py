@@ -224,13 +224,19 @@ class Predictor:
                 and set(tok.model_input_names) <= {"input_ids", "attention_mask", "token_type_ids"})
 
     @cached_property
-    def _rust_tokenizer(self) -> Any:
+    def _rust_tokenizer(self) -> Any | None:
         """The fast tokenizer's Rust core, truncation and padding off: its ids without transformers' per-text
         dicts (a tenth of the worker's GIL time in the profile, README "Performance"); ids identical to
-        ``tokenizer(texts)``'s (``tests/test_predictor_padding.py``)."""
-        core = copy.deepcopy(self.tokenizer.backend_tokenizer)  # ours to configure: the wrapper sets its own per call
+        ``tokenizer(texts)``'s (``tests/test_predictor_padding.py``). None where the core cannot be copied (a
+        custom Python pre-tokenizer): the wrapper serves then."""
+        try:
+            core = copy.deepcopy(self.tokenizer.backend_tokenizer)  # ours to configure; the wrapper sets its own
+        except Exception as err:
+            log.info("tokenising through transformers' wrapper: its Rust core cannot be copied (%s)", err)
+            return None
         core.no_truncation()
         core.no_padding()
+        core.encode_special_tokens = bool(getattr(self.tokenizer, "split_special_tokens", False))  # not copied
         return core
 
     def _token_ids(self, texts: Sequence[str] | Sequence[list[int]]) -> list[list[int]]:
@@ -239,11 +245,11 @@ class Predictor:
         ``long_text`` says; rows already tokenised (``windows``) pass as they are."""
         if texts and not isinstance(texts[0], str):
             return list(texts)  # type: ignore[arg-type]
-        if not self.tokenizer.is_fast:
+        core = self._rust_tokenizer if self.tokenizer.is_fast else None
+        if core is None:
             rows, _ = encode(self.tokenizer, texts, self.max_length, self.long_text, self._specials, one=True,
                              return_attention_mask=False, return_token_type_ids=False)
             return rows["input_ids"]
-        core = self._rust_tokenizer
         batch = getattr(core, "encode_batch_fast", core.encode_batch)  # _fast: no character offsets
         rows, _ = cut({"input_ids": [e.ids for e in batch(list(texts), add_special_tokens=True)]}, self.max_length,
                       self.long_text, self._specials, one=True)

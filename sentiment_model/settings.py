@@ -38,7 +38,7 @@ class ModelSettings(BaseModel):
 
 class _ModelEnv(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SENTIMENT_", env_nested_delimiter="__", env_file=".env",
-                                      extra="ignore")
+                                      env_file_encoding="utf-8", extra="ignore")
 
     model: ModelSettings = ModelSettings()
 

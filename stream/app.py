@@ -216,8 +216,8 @@ def create_app(settings: Settings, lifeline: Lifeline | None = None) -> faust.Ap
 
         async def handle(events: list[faust.types.EventT], before: asyncio.Future[None] | None) -> None:
             """Label one batch, then, once the batch before it is acknowledged, store and acknowledge it."""
-            records = [_raw(e) for e in events]
             try:
+                records = [_raw(e) for e in events]
                 labelled = await loop.run_in_executor(executor, processor.label, records)
             except Stopping:
                 raise
@@ -231,14 +231,18 @@ def create_app(settings: Settings, lifeline: Lifeline | None = None) -> faust.Ap
         # the body is not running, so taking batch N+1 overlaps labelling N and (overlap_io) storing N-1.
         in_flight: collections.deque[asyncio.Future[None]] = collections.deque()
         depth = 2 if overlap else 1  # batches handed on and not yet acknowledged while the next is taken
+        takes = stream.noack_take(w.batch_max, within=w.batch_within_s)
         try:
-            async for events in stream.noack_take(w.batch_max, within=w.batch_within_s):
+            async for events in takes:
                 lifeline.in_flight += 1
                 in_flight.append(asyncio.ensure_future(handle(events, in_flight[-1] if in_flight else None)))
                 while in_flight and (len(in_flight) > depth or in_flight[0].done()):
                     await in_flight.popleft()
         except Stopping:
             log.warning("stopping with a batch unacknowledged; it will be replayed")
+            # Closing the take would turn faust's acks back on while its drainer still reads the stream: keep it
+            # open (``takes`` referenced, acks off) until faust cancels this agent as it stops.
+            await asyncio.Event().wait()
         except Exception as e:  # faust's own stream machinery: nothing may escape to its supervisor
             _fatal("the stream failed", e)
         finally:

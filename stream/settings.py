@@ -174,7 +174,7 @@ class WorkerSettings(BaseModel):
         "events per micro-batch, at most: full while the topic lags, smaller when idle (batch_within_s)"))
     batch_within_s: float = Field(0.1, gt=0, description="seconds to wait for a batch to fill")
     max_text_chars: int = Field(20_000, ge=1, description="longer texts are dead-lettered")
-    max_metadata_bytes: int = Field(16_384, ge=0, description="larger metadata is dead-lettered")
+    max_metadata_bytes: int = Field(16_384, ge=0, description="larger metadata is dead-lettered (0: none allowed)")
     retry_max_backoff_s: float = Field(30.0, gt=0, description="longest wait between retries of a sink")
     session_timeout_s: float = Field(30.0, ge=6, description="a dead worker's partitions move after this")
     metrics_port: int = Field(9108, ge=0, description="Prometheus metrics on metrics_address; 0 disables them")
@@ -234,7 +234,7 @@ def default_models_dir() -> Path:
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="SENTIMENT_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+        env_prefix="SENTIMENT_", env_nested_delimiter="__", env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
 
     kafka: KafkaSettings = KafkaSettings()

@@ -93,3 +93,35 @@ def test_the_rust_core_matches_a_real_uncased_wordpiece(tmp_path_factory, texts:
                                     quantize="none")
     p = _WORDPIECE["p"]
     assert p._token_ids(texts) == _wrapper_ids(p, texts)
+
+
+def test_special_token_text_is_split_when_the_tokenizer_says_so(tiny_model: Path, tmp_path: Path) -> None:
+    """``split_special_tokens``: a review that contains "[SEP]" as text gets the ids of that text, as through
+    transformers' call (the Rust core's copy does not carry the flag; the predictor sets it)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "split"
+    shutil.copytree(tiny_model, model)
+    AutoTokenizer.from_pretrained(model, split_special_tokens=True).save_pretrained(model)
+    p = Predictor(model, device="cpu", batch_size=4, max_length=32, threads=1, version="split")
+    assert p.tokenizer.split_special_tokens
+    texts = ["good [SEP] bad", "[CLS] [PAD] [UNK]", "great"]
+    assert p._token_ids(texts) == _wrapper_ids(p, texts)
+    assert p._token_ids(texts) != _predictor(tiny_model, 4, 32)._token_ids(texts)  # the flag changed the ids
+
+
+def test_a_core_that_cannot_be_copied_tokenises_through_the_wrapper(tiny_model: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fast tokenizer whose Rust core cannot be copied (a custom Python pre-tokenizer) still labels."""
+    p = Predictor(tiny_model, device="cpu", batch_size=4, max_length=32, threads=1, version="t")
+
+    def refuse(*_: object) -> None:
+        raise Exception("Custom PreTokenizer cannot be serialized")
+
+    monkeypatch.setattr("sentiment_model.predictor.copy.deepcopy", refuse)
+    texts = ["good", "bad " * 40]
+    assert p._rust_tokenizer is None
+    assert p._token_ids(texts) == _wrapper_ids(p, texts)
+    assert len(p.predict(texts)) == 2

@@ -132,6 +132,29 @@ def test_outage_is_waited_out(service: str, chaos_settings: Settings, uid: str, 
     account(s, uid, sent, time.monotonic() - back, f"{service} {'restart' if service == 'kafka' else 'down 15 s'}")
 
 
+def test_sigterm_during_an_outage_loses_nothing(chaos_settings: Settings, uid: str, worker_factory) -> None:
+    """A worker asked to stop while a sink is down gives up its batch in hand unacknowledged and acknowledges
+    nothing it takes after (its take stays open, acks off, until faust stops it): a restarted worker then
+    stores every event once. The events keep arriving throughout."""
+    s = chaos_settings
+    worker = worker_factory(s)
+    producer, sent = stream_events(s, uid, 3_000, bad_every=100, rate=300)
+    wait_until(lambda: len(rows_for(s, uid)) > 200, 120, "the worker to be streaming", worker.log)
+    subprocess.run([*STACK, "down", "redis"], check=True, capture_output=True)
+    try:
+        wait_until(lambda: "retrying in" in worker.log_path.read_text(), 60, "the worker to retry Redis", worker.log)
+        time.sleep(2)  # more events reach the stopping worker's buffers
+        assert worker.stop(timeout=60) == 0, worker.log()
+        assert "stopping with a batch unacknowledged" in worker.log_path.read_text()
+    finally:
+        subprocess.run([*STACK, "up", "redis"], check=True, capture_output=True)
+    back = time.monotonic()
+    worker.start()
+    producer.join(180)
+    wait_until(caught_up(s, uid, 3_000, sent["bad"]), 300, "catching up after the stop", worker.log)
+    account(s, uid, sent, time.monotonic() - back, "SIGTERM during a Redis outage")
+
+
 def test_three_workers_six_partitions_one_killed(topics: Settings, uid: str, tmp_path: Path) -> None:
     from stream.services import kafka_admin
 
