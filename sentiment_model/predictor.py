@@ -227,8 +227,10 @@ class Predictor:
     def _rust_tokenizer(self) -> Any | None:
         """The fast tokenizer's Rust core, truncation and padding off: its ids without transformers' per-text
         dicts (a tenth of the worker's GIL time in the profile, README "Performance"); ids identical to
-        ``tokenizer(texts)``'s (``tests/test_predictor_padding.py``). None where the core cannot be copied (a
-        custom Python pre-tokenizer): the wrapper serves then."""
+        ``tokenizer(texts)``'s (``tests/test_predictor_padding.py``). None for a slow tokenizer or one whose core
+        cannot be copied (a custom Python pre-tokenizer): the wrapper serves then."""
+        if not self.tokenizer.is_fast:
+            return None
         try:
             core = copy.deepcopy(self.tokenizer.backend_tokenizer)  # ours to configure; the wrapper sets its own
         except Exception as err:
@@ -239,21 +241,25 @@ class Predictor:
         core.encode_special_tokens = bool(getattr(self.tokenizer, "split_special_tokens", False))  # not copied
         return core
 
-    def _token_ids(self, texts: Sequence[str] | Sequence[list[int]]) -> list[list[int]]:
+    def _rows(self, texts: Sequence[str], one: bool) -> tuple[list[list[int]], list[int]]:
         """Every text's token ids in one call into the fast tokenizer (a call per chunk costs about twice as
-        much per text: the worker's profile, README "Performance"), a text over ``max_length`` cut as the model's
-        ``long_text`` says; rows already tokenised (``windows``) pass as they are."""
+        much per text: the worker's profile, README "Performance"), a text over ``max_length`` read as the
+        model's ``long_text`` says (``one``: a single row per text), with the text each row belongs to."""
+        core = self._rust_tokenizer
+        if core is None:
+            rows, owner = encode(self.tokenizer, texts, self.max_length, self.long_text, self._specials, one=one,
+                                 return_attention_mask=False, return_token_type_ids=False)
+        else:
+            batch = getattr(core, "encode_batch_fast", core.encode_batch)  # _fast: no character offsets
+            rows, owner = cut({"input_ids": [e.ids for e in batch(list(texts), add_special_tokens=True)]},
+                              self.max_length, self.long_text, self._specials, one)
+        return rows["input_ids"], owner
+
+    def _token_ids(self, texts: Sequence[str] | Sequence[list[int]]) -> list[list[int]]:
+        """One row of token ids per text (``_rows``); rows already tokenised (``windows``) pass as they are."""
         if texts and not isinstance(texts[0], str):
             return list(texts)  # type: ignore[arg-type]
-        core = self._rust_tokenizer if self.tokenizer.is_fast else None
-        if core is None:
-            rows, _ = encode(self.tokenizer, texts, self.max_length, self.long_text, self._specials, one=True,
-                             return_attention_mask=False, return_token_type_ids=False)
-            return rows["input_ids"]
-        batch = getattr(core, "encode_batch_fast", core.encode_batch)  # _fast: no character offsets
-        rows, _ = cut({"input_ids": [e.ids for e in batch(list(texts), add_special_tokens=True)]}, self.max_length,
-                      self.long_text, self._specials, one=True)
-        return rows["input_ids"]
+        return self._rows(texts, one=True)[0]  # type: ignore[arg-type]
 
     def _padded(self, ids: list[list[int]], idx: list[int]) -> dict[str, torch.Tensor]:
         """One chunk as ``_encode`` gives it: right-padded to a multiple of 8, attention mask by length."""
@@ -275,9 +281,8 @@ class Predictor:
             texts = [self.clean(t) for t in texts]
         if self.long_text.strategy != "windows":
             return self._logits(texts)
-        rows, owner = encode(self.tokenizer, texts, self.max_length, self.long_text, self._specials,
-                             return_attention_mask=False, return_token_type_ids=False)
-        return average_per_text(self._logits(rows["input_ids"]), owner, len(texts), self.long_text.average)
+        rows, owner = self._rows(texts, one=False)
+        return average_per_text(self._logits(rows), owner, len(texts), self.long_text.average)
 
     def _logits(self, texts: Sequence[str] | Sequence[list[int]]) -> torch.Tensor:
         """The one inference loop: one row of logits per text (or per row of token ids), in input order."""

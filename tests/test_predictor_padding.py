@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sentiment_model.long_text import encode
+from sentiment_model.long_text import LongTextConfig, encode
 from sentiment_model.predictor import Predictor
 
 HOSTILE = ["", " ", "[PAD] [CLS] [SEP]", "a" * 5000, "héllo 😀 " * 80, "\x00 tab\tnew\nline", "great", "bad " * 200]
@@ -71,6 +71,13 @@ def _wrapper_ids(p: Predictor, texts: list[str]) -> list[list[int]]:
 def test_the_rust_core_gives_the_tokenizers_own_ids(tiny_model: Path, texts: list[str]) -> None:
     p = _predictor(tiny_model, 4, 32)
     assert p._token_ids(texts) == _wrapper_ids(p, texts)
+    windows, owner = encode(p.tokenizer, texts, 32, LongTextConfig(strategy="windows"), p._specials,
+                            return_attention_mask=False, return_token_type_ids=False)
+    served, p.long_text = p.long_text, LongTextConfig(strategy="windows")  # every window, as that strategy reads
+    try:
+        assert p._rows(texts, one=False) == (windows["input_ids"], owner)
+    finally:
+        p.long_text = served
 
 
 _WORDPIECE: dict[str, Predictor] = {}
