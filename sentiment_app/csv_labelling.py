@@ -66,6 +66,7 @@ class LabelReport:
 
     columns: list[str]  # the added column names
     labelled: int = 0
+    labels: Counter[str] = field(default_factory=Counter)  # labelled rows per label
     bad: Counter[str] = field(default_factory=Counter)
     first_bad: list[BadRow] = field(default_factory=list)
 
@@ -99,6 +100,7 @@ def label_rows(predictor: Predictor, rows: Iterable[Row | BadRow], text_index: i
         for r, p in zip(pending, predictions, strict=True):
             writer.writerow([*r.fields, p.label, f"{p.score:.4f}", *(f"{p.probs[k]:.4f}" for k in
                                                                       ("negative", "neutral", "positive"))])
+            report.labels[p.label] += 1
         report.labelled += len(pending)
         pending.clear()
         if on_progress:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -50,8 +50,10 @@ _COLUMNS = (("review_id", "text"), ("text", "text"), ("source", "text"), ("creat
             ("p_positive", "real"), ("model_version", "text"), ("metadata", "jsonb"), ("kafka_topic", "text"),
             ("kafka_partition", "integer"), ("kafka_offset", "bigint"))
 _NAMES = ", ".join(name for name, _ in _COLUMNS)
-_INDEX = {name: i for i, (name, _) in enumerate(_COLUMNS)}
-_REAL = [i for i, (_, sql_type) in enumerate(_COLUMNS) if sql_type == "real"]
+# How a value goes into its column's array: an array holds one type (1 and 0.5 would not mix: psycopg refuses the
+# whole batch), and jsonb from its text, as SQLAlchemy sent it.
+_SENT_AS: dict[str, Any] = {"real": float, "jsonb": json.dumps}
+_STORED = tuple(f.name for f in fields(StoredLabel))  # what the insert returns and a replay reads, in that order
 # One statement per batch: the claims first (``review_key``, ON CONFLICT DO NOTHING), then the rows of the ids
 # claimed now, both from the same arrays. One array per column, not one parameter per value: the text is the same
 # for every batch (prepared once per connection) and nothing is built per row but the columns' lists. The text is
@@ -62,7 +64,7 @@ _INSERT_BATCH = (
     "claimed AS (INSERT INTO review_key (review_id, created_at) SELECT review_id, created_at FROM batch "
     "ON CONFLICT (review_id) DO NOTHING RETURNING review_id) "
     f"INSERT INTO review_sentiment ({_NAMES}) SELECT {_NAMES} FROM batch JOIN claimed USING (review_id) "
-    "RETURNING review_id, label, source, created_at, score")
+    f"RETURNING {', '.join(_STORED)}")
 
 
 def insert_reviews(engine: Engine, reviews: Sequence[LabelledReview]) -> list[StoredLabel]:
@@ -77,13 +79,10 @@ def insert_reviews(engine: Engine, reviews: Sequence[LabelledReview]) -> list[St
     for r in reviews:
         first.setdefault(r.review_id, r)
     batch = list(first.values())
-    columns: list[list[Any]] = [[getattr(r, name) for r in batch] for name, _ in _COLUMNS]
-    for i in _REAL:  # an array holds one type: 1 and 0.5 would not mix (psycopg refuses the whole batch)
-        columns[i] = [float(v) for v in columns[i]]
-    columns[_INDEX["metadata"]] = [json.dumps(r.metadata) for r in batch]  # jsonb from its text, as SQLAlchemy did
-    label_of = (t.c.review_id, t.c.label, t.c.source, t.c.created_at, t.c.score)
+    columns: list[list[Any]] = [[conv(getattr(r, name)) for r in batch] if (conv := _SENT_AS.get(sql_type))
+                                else [getattr(r, name) for r in batch] for name, sql_type in _COLUMNS]
     with engine.begin() as conn:
-        partitions.ensure(conn, columns[_INDEX["created_at"]])
+        partitions.ensure(conn, [r.created_at for r in batch])
         # The claim decides: review_id is unique in review_key, not across review_sentiment's month partitions.
         rows = list(conn.exec_driver_sql(_INSERT_BATCH, tuple(columns)).all())
         if len(rows) < len(batch):
@@ -93,8 +92,8 @@ def insert_reviews(engine: Engine, reviews: Sequence[LabelledReview]) -> list[St
             # if their rows were deleted since (the claims go with them).
             times = conn.execute(select(key.c.created_at).where(key.c.review_id == any_(replayed))).scalars().all()
             if times:
-                rows += conn.execute(select(*label_of).where(t.c.review_id == any_(replayed),
-                                                             t.c.created_at.between(min(times), max(times)))).all()
+                rows += conn.execute(select(*(t.c[name] for name in _STORED)).where(
+                    t.c.review_id == any_(replayed), t.c.created_at.between(min(times), max(times)))).all()
         return [StoredLabel(*row) for row in rows]
 
 

@@ -47,9 +47,9 @@ class Undecodable:
     byte: int
 
 
-class _Lines:
-    """Physical lines of a binary file as text for ``csv.reader``; remembers the first undecodable byte read
-    since ``undecodable`` was last cleared (surrogate escapes stand in for those bytes)."""
+class TextLines:
+    """Physical lines of a binary file as text (for ``csv.reader`` and JSON Lines); remembers the first
+    undecodable byte read since ``undecodable`` was last cleared (surrogate escapes stand in for those bytes)."""
 
     def __init__(self, f: Iterable[bytes]) -> None:
         self.f = f
@@ -80,7 +80,7 @@ class CsvRows:
     def __init__(self, f: BinaryIO | Iterable[bytes], name: str, dialect: str = "excel") -> None:
         self.name = name
         self._undecodable_seen: Undecodable | None = None
-        self._lines = _Lines(f)
+        self._lines = TextLines(f)
         self._reader = csv.reader(iter(self._lines), dialect=dialect)
         first = next(self._records(), None)
         if first is None:
@@ -135,7 +135,7 @@ def not_utf8_message(name: str, u: Undecodable | None) -> str:
 def check_utf8(path: Path) -> None:
     """Refuse (``NotUtf8Error``) a file with any byte that is not UTF-8, before any of it is used."""
     with path.open("rb") as f:
-        lines = _Lines(f)
+        lines = TextLines(f)
         for _ in lines:
             if lines.undecodable is not None:
                 raise NotUtf8Error(not_utf8_message(str(path), lines.undecodable))

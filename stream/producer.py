@@ -22,7 +22,7 @@ from kafka.errors import KafkaError
 from tqdm import tqdm
 
 from sentiment_model.errors import UserError
-from stream.csv_rows import BadRow, CsvRows, check_utf8
+from stream.csv_rows import BadRow, CsvRows, TextLines, check_utf8
 from stream.events import RawRecord, Rejection, describe, parse_record
 from stream.services import ServiceUnavailable
 from stream.settings import Settings
@@ -116,11 +116,12 @@ def _csv_rows(rows: CsvRows) -> Iterator[tuple[int, dict[str, Any] | Rejection]]
 
 
 def _json_lines(f: BinaryIO) -> Iterator[tuple[int, dict[str, Any] | Rejection]]:
-    for i, raw in enumerate(f, start=1):
-        try:
-            line = raw.decode("utf-8-sig" if i == 1 else "utf-8")
-        except UnicodeDecodeError as e:
-            yield i, Rejection("invalid_utf8", f"byte 0x{raw[e.start]:02x} is not UTF-8")
+    lines = TextLines(f)  # the CSV reader's decoding: a leading BOM dropped, line numbers, undecodable bytes marked
+    for line in lines:
+        i = lines.line
+        if lines.undecodable is not None:
+            yield i, Rejection("invalid_utf8", f"byte 0x{lines.undecodable.byte:02x} is not UTF-8")
+            lines.undecodable = None
             continue
         if not line.strip():
             continue

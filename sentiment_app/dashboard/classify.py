@@ -13,7 +13,6 @@ import io
 import re
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -143,16 +142,12 @@ def classify_upload(predictor: Predictor, name: str, data: bytes, text_col: str 
         except UserError as e:
             raise UserError(str(e).replace(str(dst), out_name).replace(str(src), name)) from None
         seconds = time.perf_counter() - start
-        label_col = report.columns[0]
-        counts: Counter[str] = Counter()
-        with dst.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            preview = pd.DataFrame(list(islice(reader, PREVIEW_ROWS)), columns=reader.fieldnames, dtype=str)
-            counts.update(preview[label_col])
-            counts.update(row[label_col] for row in reader)
-        bad = report.bad_summary() if report.bad_total else None
-        return CsvResult(out_name, dst.read_bytes(), report.labelled, seconds, label_col,
-                         {k: counts.get(k, 0) for k in LABELS}, preview, bad)
+        out = dst.read_bytes()
+    reader = csv.DictReader(io.TextIOWrapper(io.BytesIO(out), encoding="utf-8", newline=""))  # the preview only
+    preview = pd.DataFrame(list(islice(reader, PREVIEW_ROWS)), columns=reader.fieldnames, dtype=str)
+    bad = report.bad_summary() if report.bad_total else None
+    return CsvResult(out_name, out, report.labelled, seconds, report.columns[0],
+                     {k: report.labels.get(k, 0) for k in LABELS}, preview, bad)
 
 
 @st.cache_resource(show_spinner="Loading the model (once per server) ...", max_entries=2)
