@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -216,7 +217,8 @@ def latency_at(stack: PrivateStack, rate: float, seconds: float, timeout: float 
     from sqlalchemy import text
 
     n = max(50, int(rate * seconds))
-    evs = [{**e, "review_id": f"lat-{i}"} for i, e in enumerate(events(n))]
+    tag = f"lat{uuid.uuid4().hex[:8]}"  # this call's ids only
+    evs = [{**e, "review_id": f"{tag}-{i}"} for i, e in enumerate(events(n))]
     producer = KafkaProducer(acks=1, linger_ms=0, **stack.settings.kafka.client_options())
     sent: dict[str, float] = {}
     t0 = time.monotonic()
@@ -228,7 +230,7 @@ def latency_at(stack: PrivateStack, rate: float, seconds: float, timeout: float 
     producer.flush(60)
     producer.close()
     query = text("SELECT review_id, extract(epoch FROM processed_at) FROM review_sentiment "
-                 "WHERE review_id LIKE 'lat-%'")
+                 "WHERE review_id LIKE :ids").bindparams(ids=f"{tag}-%")
     deadline = time.monotonic() + timeout
     while True:
         with stack.engine.connect() as conn:
@@ -295,7 +297,8 @@ def worker_pipeline(stack: PrivateStack, n: int, tmp: Path, model: Path | None =
         "partitions": max(k.partitions, workers)})}), stack.engine, tmp)
     create_topics(own.settings)
     try:
-        evs = [{**e, "review_id": f"w-{i}"} for i, e in enumerate(events(n))]
+        tag = f"w{uuid.uuid4().hex[:8]}"  # this call's ids: a second call in the same schema counts only its own
+        evs = [{**e, "review_id": f"{tag}-{i}"} for i, e in enumerate(events(n))]
         if workers == 1:
             own.produce(evs)
         procs = [own.start_worker(SENTIMENT_MODEL__DIR=str(model), SENTIMENT_MODEL__VERSION="tiny",
@@ -303,8 +306,8 @@ def worker_pipeline(stack: PrivateStack, n: int, tmp: Path, model: Path | None =
 
         def rows() -> int:
             with stack.engine.connect() as conn:
-                return conn.execute(text("SELECT count(*) FROM review_sentiment WHERE review_id LIKE 'w-%'")
-                                    ).scalar_one()
+                return conn.execute(text("SELECT count(*) FROM review_sentiment WHERE review_id LIKE :ids"),
+                                    {"ids": f"{tag}-%"}).scalar_one()
 
         def check(what: str) -> None:
             for i, p in enumerate(procs):

@@ -21,7 +21,7 @@ with identical logits whatever the strategy, which the script checks.
         --model general-mix-tw28k=models/runs/20261202-092721-general-mix-tw28k \\
         --json bench/results/training/long_texts.json
 
-The two ``windows`` rows share one forward pass over the windows (``encode`` + the predictor's loop, as
+The two ``windows`` rows share one forward pass over the windows (``Predictor._rows`` + the predictor's loop, as
 ``Predictor.predict_logits`` runs them) and differ only in ``average_per_text``.
 """
 
@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from sentiment_model.artifact import find_model_dir  # noqa: E402
-from sentiment_model.long_text import LongTextConfig, average_per_text, encode  # noqa: E402
+from sentiment_model.long_text import LongTextConfig, average_per_text  # noqa: E402
 from sentiment_model.predictor import Predictor  # noqa: E402
 from training import metrics as M  # noqa: E402
 from training.config import load_config  # noqa: E402
@@ -68,10 +68,9 @@ def long_logits(p: Predictor, texts: list[str], cache: dict) -> torch.Tensor:
     key = (cfg.overlap, cfg.max_windows)
     if key not in cache:
         cleaned = [p.clean(t) for t in texts] if p.clean else texts
-        rows, owner = encode(p.tokenizer, cleaned, p.max_length, cfg, p._specials, return_attention_mask=False,
-                             return_token_type_ids=False)
+        rows, owner = p._rows(cleaned, one=False)  # as the serving predictor reads them
         with torch.inference_mode():
-            cache[key] = (p._logits(rows["input_ids"]), owner, len(rows["input_ids"]))
+            cache[key] = (p._logits(rows), owner, len(rows))
     logits, owner, _ = cache[key]
     return average_per_text(logits, owner, len(texts), cfg.average)
 
