@@ -11,6 +11,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from kafka import KafkaConsumer
 
 from stream.producer import Columns, connect_producer, produce_file
@@ -140,3 +142,33 @@ def test_bad_csv_rows_are_skipped_by_reason_and_the_rest_sent(topics: Settings, 
                                    "quote?)"]
     msgs = {m.key: json.loads(m.value) for m in consume_all(topics, 2)}
     assert msgs[b"b3"] == {"text": "quoted, comma", "review_id": "b3", "metadata": {"stars": "2"}}
+
+
+_JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                        max_size=3), max_leaves=8)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(_JSON_VALUES.map(json.dumps) | st.text(max_size=40).filter(lambda t: "\n" not in t
+                                                                                   and "\r" not in t),
+                      min_size=1, max_size=12),
+       bom=st.booleans())
+def test_any_json_lines_file_reads_one_entry_per_non_blank_line(tmp_path: Path, lines: list[str], bom: bool) -> None:
+    """Whatever a JSON Lines file holds: each non-blank line is one entry with its own line number, an object
+    as itself and anything else as a Rejection; a leading byte-order mark is not part of the first line."""
+    from stream.events import Rejection
+    from stream.producer import open_rows
+
+    path = tmp_path / f"any-{uuid.uuid4().hex}.jsonl"
+    path.write_bytes(("\ufeff" if bom else "").encode() + "\n".join(lines).encode())
+    with open_rows(path, "auto", Columns()) as (_, rows):
+        got = list(rows)
+    expected = [(i, line) for i, line in enumerate(lines, start=1) if line.strip()]
+    assert [n for n, _ in got] == [n for n, _ in expected]
+    for (_, row), (_, line) in zip(got, expected, strict=True):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            value = None
+        assert row == value if isinstance(value, dict) else isinstance(row, Rejection)
